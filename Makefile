@@ -1,0 +1,44 @@
+# Two commands on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 8000
+
+.PHONY: demo test lint typecheck pytest services bench clean help
+
+help:
+	@echo "make demo   - install, migrate a SQLite file, seed demo data, serve on 127.0.0.1:$(PORT)"
+	@echo "make test   - install, start local servers if needed, lint, typecheck, run the suite"
+	@echo "make bench  - run the benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	@scripts/ensure-system-deps.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,mysql,postgres]'
+	@touch $(STAMP)
+
+services:
+	@scripts/ensure-services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) services
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	PORT=$(PORT) $(BIN)/coupons demo
+
+bench: $(STAMP) services
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the Debian packages the build needs when they are missing.
+# mysqlclient compiles against libmariadb-dev and finds it with pkg-config.
+# Usage: scripts/ensure-system-deps.sh [extra-package ...]
+set -euo pipefail
+want=(libmariadb-dev pkg-config "$@")
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "error: missing system packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,28 @@
+"""HTTP API under ``/api/v1``: one flask-smorest blueprint per resource.
+
+Handlers parse and validate input with marshmallow schemas (the same schemas produce
+``/openapi.json``), call one service function, and serialize its result. They hold no
+business rules and never pass Flask objects into the service layer.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from coupons.api.common import install_error_handlers
+
+PREFIX = "/api/v1"
+
+
+def register(app: Flask, api: Api) -> None:
+    """Attach every blueprint and the JSON error handlers to ``app``."""
+    from coupons.api import auth, campaigns, coupons, health, redemptions
+
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    for module in (health, auth, campaigns, coupons, redemptions):
+        api.register_blueprint(module.blp, url_prefix=PREFIX + module.URL_PREFIX)
+    health.register_probes(app)
+    install_error_handlers(app)

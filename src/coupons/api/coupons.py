@@ -1,0 +1,8 @@
+"""Coupons endpoints."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+URL_PREFIX = "/coupons"
+blp = Blueprint("coupons", __name__, description="Coupons")

@@ -1,0 +1,8 @@
+"""Redemptions endpoints."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+URL_PREFIX = "/redemptions"
+blp = Blueprint("redemptions", __name__, description="Redemptions")

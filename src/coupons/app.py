@@ -1,0 +1,48 @@
+"""The application factory: it only assembles (settings, database, API, CLI).
+
+It runs no migration, opens no connection and reads the environment only when no
+settings are given, so tests and gunicorn build apps the same way.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from coupons.config import Settings
+from coupons.db import db, install_sqlite_hooks
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app for ``settings`` (default: read from the environment)."""
+    settings = settings or Settings.from_env()
+    app = Flask("coupons")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=settings.engine_options(),
+        SQLALCHEMY_ECHO=settings.echo,
+        API_TITLE="Coupons",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["coupons.settings"] = settings
+    db.init_app(app)
+    if settings.backend == "sqlite":
+        with app.app_context():
+            install_sqlite_hooks(db.engine)
+
+    api = Api(app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}})
+    from coupons.api import register
+
+    register(app, api)
+    return app
+
+
+def settings_of(app: Flask) -> Settings:
+    """The :class:`Settings` an app was built with."""
+    settings: Settings = app.extensions["coupons.settings"]
+    return settings

@@ -1,0 +1,28 @@
+"""``coupons`` command line: each subcommand lives in its own module of this package."""
+
+from __future__ import annotations
+
+import click
+
+from coupons.cli import db as db_commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Run and manage the coupon service.
+
+    Settings come from the environment (DATABASE_URL, SECRET_KEY, ...; see
+    coupons.config). With no DATABASE_URL the service uses ./var/coupons.db.
+    """
+
+
+main.add_command(db_commands.db)
+
+for _module in ("users", "codes", "demo", "serve", "consume"):
+    try:
+        _mod = __import__(f"coupons.cli.{_module}", fromlist=["register"])
+    except ModuleNotFoundError as _exc:  # a subcommand module not written yet
+        if _exc.name != f"coupons.cli.{_module}":
+            raise
+        continue
+    _mod.register(main)
