@@ -17,12 +17,12 @@ PREFIX = "/api/v1"
 
 def register(app: Flask, api: Api) -> None:
     """Attach every blueprint and the JSON error handlers to ``app``."""
-    from coupons.api import auth, campaigns, coupons, health, redemptions
+    from coupons.api import auth, campaigns, codes, coupons, health, listing, redemptions
 
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
-    for module in (health, auth, campaigns, coupons, redemptions):
+    for module in (health, auth, campaigns, listing, codes, coupons, redemptions):
         api.register_blueprint(module.blp, url_prefix=PREFIX + module.URL_PREFIX)
     health.register_probes(app)
     install_error_handlers(app)

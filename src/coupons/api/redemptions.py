@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-URL_PREFIX = "/redemptions"
+URL_PREFIX = ""
 blp = Blueprint("redemptions", __name__, description="Redemptions")
