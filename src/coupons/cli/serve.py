@@ -1,0 +1,57 @@
+"""``coupons serve``: production serving through gunicorn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve ``coupons.wsgi:app`` with gunicorn, engines disposed after fork."""
+    from gunicorn.app.base import BaseApplication
+
+    from coupons import gunicorn_conf
+
+    class _App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("graceful_timeout", gunicorn_conf.graceful_timeout)
+            self.cfg.set("post_fork", gunicorn_conf.post_fork)
+
+        def load(self) -> Any:
+            from coupons.wsgi import app
+
+            return app
+
+    _App().run()
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="HOST")
+@click.option(
+    "--port", default=8000, show_default=True, envvar="PORT", type=click.IntRange(1, 65535)
+)
+@click.option(
+    "--workers", default=2, show_default=True, envvar="WEB_WORKERS", type=click.IntRange(1)
+)
+@click.option(
+    "--threads", default=4, show_default=True, envvar="WEB_THREADS", type=click.IntRange(1)
+)
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the API with gunicorn (gthread workers).
+
+    Connections the fleet can open: workers x (DB_POOL_SIZE + DB_MAX_OVERFLOW).
+    """
+    from coupons.cli.common import load_settings
+
+    load_settings()  # fail fast, with a clean message, on a bad setting
+    run_gunicorn(host, port, workers, threads)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(serve)

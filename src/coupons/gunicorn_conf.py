@@ -1,0 +1,30 @@
+"""gunicorn settings for the coupon service: ``gunicorn -c python:coupons.gunicorn_conf``.
+
+Environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WEB_WORKERS`` (2), ``WEB_THREADS`` (4).
+Each worker is one process with one pool, so the fleet's connections are
+workers x (pool_size + max_overflow) per host; keep that inside the server's budget.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+accesslog = "-"
+graceful_timeout = 20
+timeout = 60
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Drop pooled connections inherited from the master (when the app was preloaded).
+
+    A connection shared by two processes interleaves their packets; ``dispose(close=False)``
+    forgets the parent's connections without closing them under the parent.
+    """
+    from coupons.app import dispose_engines_after_fork
+
+    dispose_engines_after_fork(getattr(worker, "wsgi", None))
