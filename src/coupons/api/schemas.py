@@ -1,0 +1,258 @@
+"""Marshmallow schemas shared by the API modules: what routes accept and what they return.
+
+The same schemas produce ``/openapi.json``. Output schemas dump attributes by name, so they
+serialize the service layer's frozen views and the ORM models alike (the view classes use
+the models' attribute names). Money is a string with two decimals on output ("12.50") and
+a number or a string on input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
+
+from coupons.models import DiscountType
+
+MAX_MONEY = decimal.Decimal("9999999999.99")
+MAX_INT = 2_147_483_647
+CODE_REGEX = r"^\s*[A-Za-z0-9-]{3,64}\s*$"
+
+
+class Money(fields.Decimal):
+    """An amount in a currency's major unit: at most 2 decimals, finite, number or string.
+
+    The range is checked here rather than with ``validate.Range`` so the OpenAPI document
+    does not get numeric bounds on what it describes as a string.
+    """
+
+    def __init__(self, *, minimum: str = "0.01", **kwargs: Any) -> None:
+        self.minimum = decimal.Decimal(minimum)
+        kwargs.setdefault(
+            "metadata",
+            {
+                "type": "string",
+                "pattern": r"^\d+(\.\d{1,2})?$",
+                "example": "12.50",
+                "description": (
+                    f"Amount from {minimum} to {MAX_MONEY}, at most 2 decimals; "
+                    'sent as a string ("12.50") or a JSON number, returned as a string.'
+                ),
+            },
+        )
+        super().__init__(
+            places=2, rounding=decimal.ROUND_HALF_UP, as_string=True, allow_nan=False, **kwargs
+        )
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                exact = decimal.Decimal(str(value).strip())
+                if not exact.is_finite():
+                    raise ValidationError("Must be a finite number.")
+                if abs(exact) > MAX_MONEY:
+                    raise ValidationError(f"Must be from {self.minimum} to {MAX_MONEY}.")
+                if exact != exact.quantize(decimal.Decimal("0.01")):
+                    raise ValidationError("At most 2 decimal places.")
+            except decimal.InvalidOperation:
+                raise ValidationError("Not a valid number.") from None
+        amount = super()._deserialize(value, attr, data, **kwargs)
+        if not self.minimum <= amount <= MAX_MONEY:
+            raise ValidationError(f"Must be from {self.minimum} to {MAX_MONEY}.")
+        return amount
+
+
+def _currency(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(r"^[A-Za-z]{3}$", error="Must be an ISO 4217 code like EUR."),
+        metadata={"example": "EUR"},
+        **kwargs,
+    )
+
+
+def _when(**kwargs: Any) -> fields.AwareDateTime:
+    """An ISO 8601 time; one without an offset is taken as UTC."""
+    return fields.AwareDateTime(
+        allow_none=True,
+        default_timezone=dt.UTC,
+        metadata={"example": "2025-03-01T00:00:00Z"},
+        **kwargs,
+    )
+
+
+class ApiErrorBodySchema(Schema):
+    code = fields.String(required=True, metadata={"example": "coupon_exhausted"})
+    message = fields.String(required=True)
+
+
+class ApiErrorSchema(Schema):
+    """``{"error": {"code": ..., "message": ...}}``: the shape of every error response."""
+
+    error = fields.Nested(ApiErrorBodySchema, required=True)
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+class CouponCampaignSchema(Schema):
+    """The campaign fields shown beside a coupon (OpenAPI name ``CouponCampaign``)."""
+
+    id = fields.Integer(dump_only=True)
+    name = fields.String()
+    discount_type = fields.String()
+    discount_value = Money()
+    currency = fields.String()
+    starts_at = fields.AwareDateTime(allow_none=True)
+    ends_at = fields.AwareDateTime(allow_none=True)
+    min_order_total = Money(minimum="0", allow_none=True)
+    is_active = fields.Boolean()
+
+
+#: Import name kept for other API modules; the class name stays unique in the OpenAPI document.
+CampaignSummarySchema = CouponCampaignSchema
+
+
+class CampaignSchema(Schema):
+    """A campaign, as created (input) and as returned (output)."""
+
+    id = fields.Integer(dump_only=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    discount_type = fields.String(
+        required=True, validate=validate.OneOf([t.value for t in DiscountType])
+    )
+    discount_value = Money(required=True)
+    currency = _currency(required=True)
+    starts_at = _when(load_default=None)
+    ends_at = _when(load_default=None)
+    max_redemptions = fields.Integer(
+        allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
+    )
+    redemption_count = fields.Integer(dump_only=True)
+    per_customer_limit = fields.Integer(
+        allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
+    )
+    min_order_total = Money(minimum="0", allow_none=True, load_default=None)
+    is_active = fields.Boolean(load_default=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+    updated_at = fields.AwareDateTime(dump_only=True)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if (
+            data.get("discount_type") == DiscountType.PERCENT
+            and data.get("discount_value") is not None
+            and data["discount_value"] > 100
+        ):
+            raise ValidationError("A percent discount cannot exceed 100.", "discount_value")
+        starts_at, ends_at = data.get("starts_at"), data.get("ends_at")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            raise ValidationError("Must be after starts_at.", "ends_at")
+
+
+class CampaignPatchSchema(Schema):
+    """A partial update: only the fields sent change; ``null`` clears an optional field."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    discount_type = fields.String(validate=validate.OneOf([t.value for t in DiscountType]))
+    discount_value = Money()
+    currency = _currency()
+    starts_at = _when()
+    ends_at = _when()
+    max_redemptions = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
+    per_customer_limit = fields.Integer(
+        allow_none=True, validate=validate.Range(min=1, max=MAX_INT)
+    )
+    min_order_total = Money(minimum="0", allow_none=True)
+    is_active = fields.Boolean()
+
+
+# --------------------------------------------------------------------------- coupons
+
+
+class CouponSchema(Schema):
+    """A code with its usage and its campaign's summary."""
+
+    id = fields.Integer(dump_only=True)
+    code = fields.String()
+    campaign_id = fields.Integer(dump_only=True)
+    max_uses = fields.Integer(allow_none=True)
+    use_count = fields.Integer(dump_only=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+    campaign = fields.Nested(CouponCampaignSchema, dump_only=True)
+
+
+class CodeCreateSchema(Schema):
+    """``POST /campaigns/{id}/codes``: an explicit code (normalized) or none for a random one."""
+
+    code = fields.String(
+        load_default=None,
+        validate=validate.Regexp(
+            CODE_REGEX, error="3 to 64 characters of A-Z, 0-9 and '-' (case-insensitive)."
+        ),
+        metadata={"example": "SPRING-2025"},
+    )
+    max_uses = fields.Integer(
+        allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
+    )
+
+
+def _id_field(example: str) -> fields.String:
+    return fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=64),
+            validate.Regexp(r"\S", error="Must not be blank."),
+        ],
+        metadata={"example": example},
+    )
+
+
+class ValidateRequestSchema(Schema):
+    customer_id = _id_field("cust-42")
+    order_total = Money(required=True)
+
+
+class ValidationResultSchema(Schema):
+    """``valid`` with the discount, or ``valid: false`` with ``reason`` (an error code)."""
+
+    valid = fields.Boolean(required=True)
+    code = fields.String()
+    campaign_id = fields.Integer(allow_none=True)
+    order_total = Money()
+    discount = Money(minimum="0", allow_none=True)
+    currency = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True, metadata={"example": "coupon_expired"})
+    message = fields.String(allow_none=True)
+
+    @post_dump
+    def _drop_empty(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        return {name: value for name, value in data.items() if value is not None}
+
+
+# --------------------------------------------------------------------------- redemptions
+
+
+class RedeemRequestSchema(Schema):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    customer_id = _id_field("cust-42")
+    order_id = _id_field("order-1001")
+    order_total = Money(required=True)
+
+
+class RedemptionSchema(Schema):
+    """One ledger row."""
+
+    id = fields.Integer(dump_only=True)
+    code = fields.String()
+    coupon_id = fields.Integer()
+    campaign_id = fields.Integer()
+    customer_id = fields.String()
+    order_id = fields.String()
+    order_total = Money()
+    discount_amount = Money(minimum="0")
+    currency = fields.String()
+    status = fields.String(metadata={"enum": ["redeemed", "rolled_back"]})
+    redeemed_at = fields.AwareDateTime()
+    rolled_back_at = fields.AwareDateTime(allow_none=True)
