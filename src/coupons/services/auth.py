@@ -2,19 +2,86 @@
 
 Access tokens are short-lived JWTs (HS256) that carry the user's id and role, so checking
 one costs no database connection. Refresh tokens are random, stored only as SHA-256
-hashes, and rotate on every use.
+hashes, and rotate on every use; presenting an already-rotated token revokes its whole
+family (theft detection, as in OAuth 2.0 Security BCP section 4.14).
+
+Connection discipline (the post-mortem's lesson): argon2id deliberately burns ~20 MiB and
+tens of milliseconds per call. Holding a pooled connection across that work turns a login
+burst into pool exhaustion, so every function here follows the same three steps:
+
+1. a short read through ``db.session``, ended with ``db.session.rollback()`` so the
+   connection goes back to the pool,
+2. hashing or verifying with **no** transaction open,
+3. the writes in a new transaction through :func:`coupons.db.transaction`.
+
+The password hasher is the module attribute :data:`hasher`; it is looked up at call time,
+so tests may replace it (cheaper parameters, or a spy asserting that no connection is
+checked out while it runs). Nothing in this module imports Flask: the API layer passes
+plain values (email, password, client address, :class:`~coupons.config.Settings`).
+
+No function here logs or returns a password, a refresh token or an access token except
+as the intended return value of :func:`login` / :func:`refresh`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import logging
+import math
+import re
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from coupons.errors import Unauthorized
+from coupons.config import Settings
+from coupons.db import db, transaction
+from coupons.errors import Conflict, TooManyRequests, Unauthorized, Unprocessable
+from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
+
+log = logging.getLogger(__name__)
 
 ISSUER = "coupons"
+
+# OWASP Password Storage Cheat Sheet, argon2id, first recommended configuration.
+ARGON2_MEMORY_COST = 19456  # KiB = 19 MiB
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+
+MIN_PASSWORD_LENGTH = 12
+# An upper bound keeps a single request from feeding megabytes into the hasher.
+MAX_PASSWORD_LENGTH = 1024
+MAX_EMAIL_LENGTH = 254
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+
+TOKEN_TYPE = "Bearer"  # noqa: S105  (the OAuth token type, not a secret)
+_INVALID_CREDENTIALS = "the email or password is not correct"
+_MAX_SCOPE_KEY = 300  # login_throttle.scope_key is VARCHAR(300)
+
+
+def make_hasher() -> PasswordHasher:
+    """The production argon2id hasher (OWASP parameters)."""
+    return PasswordHasher(
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_COST,
+        parallelism=ARGON2_PARALLELISM,
+        hash_len=32,
+        salt_len=16,
+        type=Type.ID,
+    )
+
+
+#: The hasher every function of this module uses, looked up at call time (replaceable).
+hasher: PasswordHasher = make_hasher()
+
+_dummy: tuple[PasswordHasher, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +91,32 @@ class Principal:
     user_id: int
     email: str
     role: str
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user as callers may see it (never the password hash)."""
+
+    id: int
+    email: str
+    role: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What login and refresh return; ``refresh_token`` is shown to the client once."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = TOKEN_TYPE
+
+    def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
+        return f"TokenPair(token_type={self.token_type!r}, expires_in={self.expires_in})"
+
+
+# --------------------------------------------------------------------------- access tokens
 
 
 def issue_access_token(principal: Principal, secret: str, ttl: int) -> str:
@@ -57,3 +150,398 @@ def decode_access_token(token: str, secret: str) -> Principal:
     if claims.get("typ") != "access":
         raise Unauthorized("the access token is not valid", code="invalid_token")
     return Principal(user_id=int(claims["sub"]), email=claims["email"], role=claims["role"])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def normalize_email(email: str) -> str:
+    """Strip and lower-case ``email``: the one spelling stored and looked up."""
+    return email.strip().lower()
+
+
+def validate_email(email: str) -> str:
+    """Return the normalized email, or raise 422 ``validation_error``."""
+    normalized = normalize_email(email)
+    if len(normalized) > MAX_EMAIL_LENGTH or not _EMAIL_RE.match(normalized):
+        raise Unprocessable("email: not a valid email address", code="validation_error")
+    return normalized
+
+
+def validate_password(password: str) -> None:
+    """Raise 422 ``validation_error`` unless ``password`` has an acceptable length."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Unprocessable(
+            f"password: must be at least {MIN_PASSWORD_LENGTH} characters",
+            code="validation_error",
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise Unprocessable(
+            f"password: must be at most {MAX_PASSWORD_LENGTH} characters",
+            code="validation_error",
+        )
+
+
+def validate_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Role)
+        raise Unprocessable(f"role: must be one of {allowed}", code="validation_error") from None
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def hash_password(password: str) -> str:
+    """argon2id hash of ``password``. Call only while no database connection is held."""
+    return hasher.hash(password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    """True when ``password`` matches; any malformed or foreign hash simply fails."""
+    try:
+        return hasher.verify(password_hash, password)
+    except InvalidHashError:
+        _dummy_verify(password)  # e.g. a disabled "!unusable" hash: keep the timing even
+        return False
+    except VerificationError:
+        return False
+
+
+def _dummy_verify(password: str) -> None:
+    """Spend one verification on a throwaway hash so unknown emails cost as much as known."""
+    global _dummy
+    current = hasher
+    if _dummy is None or _dummy[0] is not current:
+        _dummy = (current, current.hash(secrets.token_urlsafe(16)))
+    with contextlib.suppress(VerificationError):
+        current.verify(_dummy[1], password)
+
+
+def _end_read() -> None:
+    """End the read transaction so its connection returns to the pool before hashing."""
+    db.session.rollback()
+
+
+# --------------------------------------------------------------------------- users
+
+
+def create_user(email: str, password: str, role: str) -> UserInfo:
+    """Create a user; 422 ``validation_error`` on bad input, 409 ``email_taken`` if it exists.
+
+    The existence check is a short read that ends before hashing (so a duplicate costs no
+    hash); the unique constraint on ``users.email`` still decides a race between two
+    creators, and either way nothing is written on error.
+    """
+    normalized = validate_email(email)
+    validate_password(password)
+    role_value = validate_role(role).value
+
+    try:
+        exists = db.session.execute(
+            select(User.id).where(User.email == normalized)
+        ).scalar_one_or_none()
+    finally:
+        _end_read()
+    if exists is not None:
+        raise _email_taken()
+
+    password_hash = hash_password(password)  # no connection held
+
+    def insert_user() -> UserInfo:
+        user = User(email=normalized, password_hash=password_hash, role=role_value, is_active=True)
+        db.session.add(user)
+        db.session.flush()
+        return UserInfo(id=user.id, email=user.email, role=user.role, created_at=user.created_at)
+
+    try:
+        info = transaction(insert_user)
+    except IntegrityError:
+        raise _email_taken() from None
+    log.info("user %s created with role %s", info.id, info.role)
+    return info
+
+
+def _email_taken() -> Conflict:
+    return Conflict("a user with this email already exists", code="email_taken")
+
+
+def get_user(user_id: int) -> UserInfo:
+    """The active user ``user_id``, or 401 ``invalid_token`` if gone or disabled."""
+    try:
+        user = db.session.execute(
+            select(User.id, User.email, User.role, User.is_active, User.created_at).where(
+                User.id == user_id
+            )
+        ).one_or_none()
+    finally:
+        _end_read()
+    if user is None or not user.is_active:
+        raise Unauthorized("the user of this token is gone or disabled", code="invalid_token")
+    return UserInfo(id=user.id, email=user.email, role=user.role, created_at=user.created_at)
+
+
+# --------------------------------------------------------------------------- throttling
+
+
+def account_scope(email: str) -> str:
+    return f"account:{normalize_email(email)}"[:_MAX_SCOPE_KEY]
+
+
+def address_scope(address: str) -> str:
+    return f"address:{address}"[:_MAX_SCOPE_KEY]
+
+
+def _locked_for(scopes: Iterable[str], now: dt.datetime) -> int:
+    """Seconds until every one of ``scopes`` is unlocked (0: none locked). Reads only."""
+    locks = db.session.execute(
+        select(LoginThrottle.locked_until).where(
+            LoginThrottle.scope_key.in_(list(scopes)),
+            LoginThrottle.locked_until > now,
+        )
+    ).scalars()
+    remaining = [(until - now).total_seconds() for until in locks if until is not None]
+    return max((math.ceil(s) for s in remaining), default=0)
+
+
+def _record_failure(scopes: Iterable[str], settings: Settings) -> None:
+    """Count one failed login against each scope; lock a scope that reaches the limit.
+
+    Portable and race-tolerant: per scope, (1) restart an expired window, (2) increment
+    with a plain ``UPDATE``, inserting the row when there is none, (3) set ``locked_until``
+    with a conditional ``UPDATE`` once ``failures`` reaches the limit. Every statement is
+    an atomic read-modify-write on the row, so concurrent failures are never lost. Two
+    processes inserting the same new scope at once make one of them hit the primary key;
+    that transaction is rolled back and run again, finding the row this time. Deadlocks
+    are retried by :func:`transaction`.
+    """
+    keys = sorted(set(scopes))  # one lock order for every process: no lock cycles
+    window = dt.timedelta(seconds=settings.login_failure_window)
+
+    def count() -> None:
+        now = utcnow()
+        for key in keys:
+            row = LoginThrottle.scope_key == key
+            unlocked = LoginThrottle.locked_until.is_(None) | (LoginThrottle.locked_until <= now)
+            db.session.execute(
+                update(LoginThrottle)
+                .where(row, LoginThrottle.window_started_at <= now - window, unlocked)
+                .values(failures=0, window_started_at=now, locked_until=None)
+            )
+            bumped = db.session.execute(
+                update(LoginThrottle).where(row).values(failures=LoginThrottle.failures + 1)
+            )
+            if bumped.rowcount == 0:  # type: ignore[attr-defined]
+                db.session.execute(
+                    insert(LoginThrottle).values(
+                        scope_key=key, failures=1, window_started_at=now, locked_until=None
+                    )
+                )
+            locked = db.session.execute(
+                update(LoginThrottle)
+                .where(row, LoginThrottle.failures >= settings.login_max_failures, unlocked)
+                .values(locked_until=now + window)
+            )
+            if locked.rowcount:  # type: ignore[attr-defined]
+                log.warning("login throttled: %s locked for %d s", key, window.total_seconds())
+
+    for attempt in range(3):
+        try:
+            transaction(count)
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            log.debug("a concurrent login created a throttle row first; counting again")
+
+
+# --------------------------------------------------------------------------- login / tokens
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _new_refresh_token(user_id: int, family_id: str, now: dt.datetime, ttl: int) -> str:
+    """Insert a refresh token row (in the caller's transaction); return the token itself."""
+    token = secrets.token_urlsafe(32)
+    db.session.execute(
+        insert(RefreshToken).values(
+            user_id=user_id,
+            token_hash=_token_hash(token),
+            family_id=family_id,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl),
+            revoked_at=None,
+        )
+    )
+    return token
+
+
+def _tokens_for(principal: Principal, refresh_token: str, settings: Settings) -> TokenPair:
+    return TokenPair(
+        access_token=issue_access_token(principal, settings.secret_key, settings.access_token_ttl),
+        refresh_token=refresh_token,
+        expires_in=settings.access_token_ttl,
+    )
+
+
+def login(email: str, password: str, address: str, settings: Settings) -> TokenPair:
+    """Exchange email and password for an access token and a new refresh-token family.
+
+    - 429 ``too_many_attempts`` (with ``retry_after``) while the account or the client
+      address is locked out; checked before any hashing, nothing written.
+    - 401 ``invalid_credentials`` for a wrong password, an unknown email or a disabled
+      user, with one message and (through a dummy verification) similar timing for all;
+      the failure is counted against both the account and the address.
+    - On success the account's failure counter is cleared (not the address's: one valid
+      account must not launder an address's failures), and the stored hash is upgraded
+      when :data:`hasher`'s parameters changed since it was made.
+    """
+    normalized = normalize_email(email)
+    scopes = (account_scope(normalized), address_scope(address))
+
+    # 1. short read: locks and the user; the connection goes back to the pool after it.
+    try:
+        retry_after = _locked_for(scopes, utcnow())
+        user = (
+            None
+            if retry_after
+            else db.session.execute(
+                select(User.id, User.email, User.role, User.is_active, User.password_hash).where(
+                    User.email == normalized
+                )
+            ).one_or_none()
+        )
+    finally:
+        _end_read()
+    if retry_after:
+        raise TooManyRequests(
+            "too many failed logins; try again later",
+            retry_after=retry_after,
+            code="too_many_attempts",
+        )
+
+    # 2. verify with no connection held.
+    if user is None:
+        _dummy_verify(password)
+        ok = False
+    else:
+        ok = _verify(user.password_hash, password) and bool(user.is_active)
+    if not ok:
+        _record_failure(scopes, settings)
+        raise Unauthorized(_INVALID_CREDENTIALS, code="invalid_credentials")
+    assert user is not None
+    user_id, old_hash = int(user.id), str(user.password_hash)
+    principal = Principal(user_id=user_id, email=str(user.email), role=str(user.role))
+    new_hash = hash_password(password) if hasher.check_needs_rehash(old_hash) else None
+
+    # 3. write: clear the account counter, upgrade the hash, start a refresh-token family.
+    def grant() -> TokenPair:
+        now = utcnow()
+        still_active = db.session.execute(
+            select(User.is_active).where(User.id == user_id)
+        ).scalar_one_or_none()
+        if not still_active:
+            raise Unauthorized(_INVALID_CREDENTIALS, code="invalid_credentials")
+        db.session.execute(delete(LoginThrottle).where(LoginThrottle.scope_key == scopes[0]))
+        if new_hash is not None:  # only if nobody changed the password meanwhile
+            db.session.execute(
+                update(User)
+                .where(User.id == user_id, User.password_hash == old_hash)
+                .values(password_hash=new_hash)
+            )
+        family_id = secrets.token_hex(16)
+        token = _new_refresh_token(user_id, family_id, now, settings.refresh_token_ttl)
+        return _tokens_for(principal, token, settings)
+
+    return transaction(grant)
+
+
+def refresh(refresh_token: str, settings: Settings) -> TokenPair:
+    """Rotate ``refresh_token``: revoke it and return a new access and refresh token.
+
+    - 401 ``invalid_refresh_token`` when unknown, expired, or its user is gone or
+      disabled; nothing written.
+    - 401 ``refresh_token_reused`` when the token was already revoked (rotated or logged
+      out): someone else may hold the family, so every token of the family is revoked,
+      and that revocation is committed before the error is raised.
+    """
+    token_hash = _token_hash(refresh_token)
+    reused = "reused"
+
+    def rotate() -> TokenPair | str:
+        now = utcnow()
+        row = db.session.execute(
+            select(
+                RefreshToken.id,
+                RefreshToken.user_id,
+                RefreshToken.family_id,
+                RefreshToken.expires_at,
+                RefreshToken.revoked_at,
+            )
+            .where(RefreshToken.token_hash == token_hash)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or (row.revoked_at is None and row.expires_at <= now):
+            raise Unauthorized("the refresh token is not valid", code="invalid_refresh_token")
+        if row.revoked_at is not None:
+            _revoke_family(row.family_id, now)
+            return reused
+        user = db.session.execute(
+            select(User.id, User.email, User.role, User.is_active).where(User.id == row.user_id)
+        ).one_or_none()
+        if user is None or not user.is_active:
+            raise Unauthorized("the refresh token is not valid", code="invalid_refresh_token")
+        revoked = db.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        if revoked.rowcount != 1:  # type: ignore[attr-defined]  # lost a race: a reuse
+            _revoke_family(row.family_id, now)
+            return reused
+        new_token = _new_refresh_token(user.id, row.family_id, now, settings.refresh_token_ttl)
+        principal = Principal(user_id=user.id, email=user.email, role=user.role)
+        return _tokens_for(principal, new_token, settings)
+
+    outcome = transaction(rotate)
+    if isinstance(outcome, TokenPair):
+        return outcome
+    log.warning("refresh token reuse detected; token family revoked")
+    raise Unauthorized(
+        "this refresh token was already used; its session has been revoked",
+        code="refresh_token_reused",
+    )
+
+
+def _revoke_family(family_id: str, now: dt.datetime) -> int:
+    result = db.session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def logout(user_id: int, refresh_token: str) -> bool:
+    """Revoke the family of ``refresh_token`` if it belongs to ``user_id``.
+
+    Returns whether anything was revoked. Like OAuth token revocation (RFC 7009) an
+    unknown, foreign or already revoked token is not an error: the caller cannot act on
+    it, and answering differently would tell a caller whether someone else's token exists.
+    """
+    token_hash = _token_hash(refresh_token)
+
+    def revoke() -> bool:
+        row = db.session.execute(
+            select(RefreshToken.user_id, RefreshToken.family_id).where(
+                RefreshToken.token_hash == token_hash
+            )
+        ).one_or_none()
+        if row is None or row.user_id != user_id:
+            return False
+        return _revoke_family(row.family_id, utcnow()) > 0
+
+    return transaction(revoke)
