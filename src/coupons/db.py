@@ -36,8 +36,9 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
-# MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout, 1020 snapshot conflict (11.6+). PostgreSQL: 40001 serialization
-# failure, 40P01 deadlock. SQLite: "database is locked" once busy_timeout has passed.
+# MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout, 1020 snapshot conflict (11.6+).
+# PostgreSQL: 40001 serialization failure, 40P01 deadlock.
+# SQLite: "database is locked" once busy_timeout has passed.
 _MYSQL_RETRYABLE = {1213, 1205, 1020}
 _PG_RETRYABLE = {"40001", "40P01"}
 
