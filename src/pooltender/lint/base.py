@@ -1,0 +1,213 @@
+"""The lint vocabulary: findings, fixes, rules, and the per-file context rules read.
+
+A rule is a plain function over a :class:`FileContext`; it reports :class:`Finding` objects that
+point at CST nodes. Positions are resolved by the engine only when something was found, because
+libcst's position metadata costs a second pass over the tree and most files report nothing.
+
+Fixes are node edits (``original node -> replacement``) labelled ``safe`` (behaviour preserved)
+or ``unsafe`` (behaviour changes in a way the author should review), after ruff's fix safety.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+import libcst as cst
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+
+if TYPE_CHECKING:
+    from pooltender.lint.config import LintConfig
+
+Severity = Literal["error", "warning"]
+FixSafety = Literal["safe", "unsafe"]
+N = TypeVar("N", bound=cst.CSTNode)
+
+Replacement = cst.CSTNode | cst.RemovalSentinel
+
+
+@dataclass(frozen=True)
+class Fix:
+    """Edits that resolve one finding: each ``(node, replacement)`` swaps a node of the parsed
+    module, matched by identity, for a new node (or removes it)."""
+
+    safety: FixSafety
+    edits: tuple[tuple[cst.CSTNode, Replacement], ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a rule reports: the node to point at, the message, and an optional fix."""
+
+    code: str
+    node: cst.CSTNode
+    message: str
+    fix: Fix | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Violation:
+    """A located finding, as printed. ``line``/``col`` are 1-based (flake8/ruff convention).
+
+    Ordering is (path, line, col, code, message): the output order the CLI promises.
+    """
+
+    path: str
+    line: int
+    col: int
+    code: str
+    message: str
+    end_line: int = field(default=0, compare=False)
+    end_col: int = field(default=0, compare=False)
+    severity: Severity = field(default="error", compare=False)
+    fix_safety: FixSafety | None = field(default=None, compare=False)
+
+    def format(self) -> str:
+        """``path:line:col: CODE message``."""
+        return f"{self.path}:{self.line}:{self.col}: {self.code} {self.message}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule, defined by its own module (``rules/PTxxx.py``).
+
+    ``triggers`` are groups of substrings: for the rule to be able to fire, each group must
+    have a member in the file's text; other files are skipped without parsing for this rule.
+    They must be necessary conditions, never hints, or the rule loses recall.
+    """
+
+    code: str
+    name: str
+    summary: str
+    doc: str
+    check: Callable[[FileContext], Iterator[Finding]]
+    triggers: tuple[tuple[str, ...], ...]
+    fix: FixSafety | None = None
+    severity: Severity = "error"
+
+    def could_fire(self, source: str) -> bool:
+        """Every group of ``triggers`` has a member in ``source``."""
+        return all(any(t in source for t in group) for group in self.triggers)
+
+
+# Fields that only hold whitespace, brackets and punctuation: never walked (no rule reads
+# them, and skipping them makes a walk several times cheaper than libcst's visitors).
+_SKIP_FIELDS = frozenset(
+    {
+        "leading_lines",
+        "lines_after_decorators",
+        "header",
+        "footer",
+        "lpar",
+        "rpar",
+        "lbracket",
+        "rbracket",
+        "lbrace",
+        "rbrace",
+        "comma",
+        "semicolon",
+        "trailing_whitespace",
+        "equal",
+        "colon",
+        "dot",
+        "operator",
+        "newline",
+    }
+)
+_CHILD_FIELDS: dict[type[cst.CSTNode], tuple[str, ...]] = {}
+
+
+def _child_fields(node_type: type[cst.CSTNode]) -> tuple[str, ...]:
+    names = _CHILD_FIELDS.get(node_type)
+    if names is None:
+        names = tuple(
+            f.name
+            for f in dataclasses.fields(node_type)
+            if f.name not in _SKIP_FIELDS and not f.name.startswith("whitespace")
+        )
+        _CHILD_FIELDS[node_type] = names
+    return names
+
+
+def iter_children(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Syntactic children of ``node`` in field order (source order for the nodes rules read),
+    without whitespace and punctuation. Iterative callers never recurse, so deeply nested
+    expressions (a 3,000-part implicit string concatenation) cannot overflow the stack."""
+    for name in _child_fields(type(node)):
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            yield value
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, cst.CSTNode):
+                    yield item
+
+
+class _Indexer:
+    """One iterative traversal recording every node's parent and the nodes of each type."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.parents: dict[int, cst.CSTNode] = {}
+        self.by_type: defaultdict[type[cst.CSTNode], list[cst.CSTNode]] = defaultdict(list)
+        parents = self.parents
+        by_type = self.by_type
+        stack: list[cst.CSTNode] = [module]
+        while stack:
+            node = stack.pop()
+            by_type[type(node)].append(node)
+            children = list(iter_children(node))
+            for child in children:
+                parents[id(child)] = node
+            stack.extend(reversed(children))
+
+
+class FileContext:
+    """A parsed file as rules see it: the module, its text, the configuration, an index of
+    nodes by type with parent links, and project-wide facts (relationship attribute names)."""
+
+    def __init__(
+        self,
+        path: str,
+        source: str,
+        module: cst.Module,
+        config: LintConfig,
+        relationships: Mapping[str, bool] | None = None,
+    ) -> None:
+        self.path = path
+        self.source = source
+        self.module = module
+        self.config = config
+        #: relationship attribute name -> True when it loads lazily (the N+1 kind)
+        self.relationships: Mapping[str, bool] = relationships or {}
+        self._index: _Indexer | None = None
+        self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+
+    def _idx(self) -> _Indexer:
+        if self._index is None:
+            self._index = _Indexer(self.module)
+        return self._index
+
+    def nodes(self, node_type: type[N]) -> Sequence[N]:
+        """All nodes of exactly ``node_type``, in source order."""
+        return self._idx().by_type.get(node_type, [])  # type: ignore[return-value]
+
+    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        return self._idx().parents.get(id(node))
+
+    def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        """Parents of ``node``, innermost first."""
+        parents = self._idx().parents
+        current = parents.get(id(node))
+        while current is not None:
+            yield current
+            current = parents.get(id(current))
+
+    def position(self, node: cst.CSTNode) -> CodeRange:
+        if self._positions is None:
+            wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        return self._positions[node]

@@ -1,0 +1,188 @@
+"""``[tool.pooltender.lint]`` in pyproject.toml, validated strictly.
+
+Keys (all optional)::
+
+    [tool.pooltender.lint]
+    select = ["PT001", "PT00"]      # codes or code prefixes; default: every rule
+    ignore = ["PT005"]              # applied after select
+    exclude = ["migrations/*"]      # globs, matched against relative paths and path parts
+    db-names = ["db"]               # names of the Flask-SQLAlchemy extension object
+    pool-size-limit = 50            # PT006: a pool_size literal above this is reported
+    max-overflow-limit = 100        # PT006: a max_overflow literal above this is reported
+    relationships = ["posts"]       # PT008: extra lazy relationship names to know about
+
+An unknown key, a wrong type or an unknown code is a :class:`ConfigError` (exit 2 on the CLI):
+a typo in a linter's configuration silently disabling a rule is the failure this prevents.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_EXCLUDE = (
+    ".git",
+    ".hg",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "node_modules",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
+    "site-packages",
+)
+
+
+class ConfigError(ValueError):
+    """The configuration (file or flags) cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    """Everything a lint run is parameterised by. Picklable (worker processes get a copy)."""
+
+    select: frozenset[str] = frozenset()
+    explicitly_selected: frozenset[str] = frozenset()
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    db_names: tuple[str, ...] = ("db",)
+    pool_size_limit: int = 50
+    max_overflow_limit: int = 100
+    relationships: tuple[str, ...] = ()
+    source: str | None = field(default=None, compare=False)
+
+
+def known_codes() -> tuple[str, ...]:
+    from pooltender.lint.rules import ALL_CODES
+
+    return ALL_CODES
+
+
+def resolve_codes(patterns: Iterable[str], *, what: str) -> set[str]:
+    """Expand codes or prefixes (``PT00``, ``ALL``) to known codes; unknown ones are errors."""
+    codes = known_codes()
+    out: set[str] = set()
+    for raw in patterns:
+        pattern = raw.strip().upper()
+        if not pattern:
+            continue
+        if pattern == "ALL":
+            out.update(codes)
+            continue
+        matched = [c for c in codes if c.startswith(pattern)]
+        if not matched:
+            raise ConfigError(f"{what}: unknown rule code {raw!r} (known: {', '.join(codes)})")
+        out.update(matched)
+    return out
+
+
+def split_codes(values: Iterable[str]) -> list[str]:
+    """``["PT001,PT002", "PT003"]`` -> ``["PT001", "PT002", "PT003"]``."""
+    return [c for v in values for c in v.replace(" ", ",").split(",") if c]
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml at or above ``start``."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_KEYS = {
+    "select",
+    "ignore",
+    "exclude",
+    "extend-exclude",
+    "db-names",
+    "pool-size-limit",
+    "max-overflow-limit",
+    "relationships",
+}
+
+
+def _str_list(table: Mapping[str, Any], key: str, origin: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{origin}: {key} must be a list of strings, got {value!r}")
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, default: int, origin: str) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{origin}: {key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def load_config(
+    config_file: Path | None = None,
+    *,
+    search_from: Path | None = None,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+) -> LintConfig:
+    """Read the file (``config_file``, or the nearest pyproject.toml above ``search_from``)
+    and apply command-line overrides: ``select`` replaces the file's, ``ignore`` and
+    ``exclude`` extend it. Raises :class:`ConfigError`.
+    """
+    table: Mapping[str, Any] = {}
+    origin = "defaults"
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        path: Path | None = config_file
+    else:
+        path = find_pyproject(search_from or Path.cwd())
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{origin}: cannot read TOML: {exc}") from exc
+        tool = data.get("tool", {}).get("pooltender", {})
+        table = tool.get("lint", {}) if isinstance(tool, dict) else {}
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [tool.pooltender.lint] must be a table")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{origin}: unknown key(s) in [tool.pooltender.lint]: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(_KEYS))})"
+            )
+    cli_select = split_codes(select)
+    select_patterns = cli_select or _str_list(table, "select", origin) or ["ALL"]
+    selected = resolve_codes(select_patterns, what="select")
+    selected -= resolve_codes(
+        [*_str_list(table, "ignore", origin), *split_codes(ignore)], what="ignore"
+    )
+    explicit = {p.strip().upper() for p in select_patterns} & set(known_codes())
+    excludes = tuple(_str_list(table, "exclude", origin)) or DEFAULT_EXCLUDE
+    excludes += tuple(_str_list(table, "extend-exclude", origin)) + tuple(exclude)
+    db_names = tuple(_str_list(table, "db-names", origin)) or ("db",)
+    return LintConfig(
+        select=frozenset(selected),
+        explicitly_selected=frozenset(explicit),
+        exclude=excludes,
+        db_names=db_names,
+        pool_size_limit=_int(table, "pool-size-limit", 50, origin),
+        max_overflow_limit=_int(table, "max-overflow-limit", 100, origin),
+        relationships=tuple(_str_list(table, "relationships", origin)),
+        source=origin,
+    )
+
+
+def default_config(**changes: Any) -> LintConfig:
+    """Every rule selected, defaults elsewhere (for the API and tests)."""
+    base = LintConfig(select=frozenset(known_codes()))
+    return replace(base, **changes)
