@@ -1,0 +1,788 @@
+"""Pool watch: what an engine's connection pool is doing, per engine, read through one getter.
+
+Install once per engine::
+
+    engine = create_engine(url, poolclass=WatchedQueuePool, ...)   # recommended, see below
+    watch = install_watch(engine, leak_threshold=60)               # idempotent per engine
+    watch_of(engine).stats()                                       # frozen PoolStats snapshot
+
+**Hooks.** Nothing is monkeypatched. Cold-path figures come from SQLAlchemy's pool events
+(``sqlalchemy.pool.events.PoolEvents``): ``connect`` (connects), ``invalidate`` and
+``soft_invalidate`` (invalidations; a ``DisconnectionError`` -- how ``pool_pre_ping`` and
+:mod:`pooltender.liveness` discard a dead connection at checkout -- also counts as a *ping
+failure*), ``close`` (closes; the close of a connection older than ``pool_recycle`` counts as
+a *recycle*, the only reason the pool closes such a connection by itself) and ``detach``.
+
+The hot path -- checkout and checkin -- is where a choice was needed:
+
+* No event fires *before* a checkout starts waiting, so checkout wait time and
+  ``sqlalchemy.exc.TimeoutError`` cannot be seen from events at all. :class:`WatchedQueuePool`
+  is a ``QueuePool`` that fills in the two steps of SQLAlchemy's pool template (as the
+  strategies in ``sqlalchemy/pool/impl.py`` do): the public ``connect()`` step is timed with
+  ``perf_counter_ns`` (timeouts counted) and records the checkout, and the return step
+  ``_do_return_conn`` records the checkin before the connection goes back to the queue. The
+  measured wait is what the caller was blocked for -- queueing, opening a new connection when
+  one was needed, any pre-ping -- like HikariCP's ``connectionAcquire`` timer.
+* With that subclass the watch registers **no** ``checkout`` / ``checkin`` listeners: merely
+  having them makes SQLAlchemy take its slow checkout path (the pre-ping / retry loop) and
+  dispatch two events per checkout + checkin, which by itself cost about as much as the
+  watch's own bookkeeping when measured. The wait time and the checkout are recorded under
+  one lock acquisition. Figures: ``bench/watch_overhead.py``, ``docs/benchmarks.md``.
+* On any other pool (an engine you did not create, SQLite's defaults) the watch falls back to
+  the ``checkout`` / ``checkin`` events, feeding the same code; ``stats().wait_measured`` is
+  False and the wait histogram and the timeout counter stay empty. Swapping ``engine.pool``
+  behind the user's back was rejected: connections already checked out would be orphaned.
+
+Per-checkout state lives in the connection record's public ``record_info`` dict (key
+``"pooltender.watch"``), so a checkin finds its checkout without a registry lookup.
+
+**Units of work.** The owner of a checkout is ``threading.get_ident()`` by default: one owner
+per OS thread, and per greenlet under gevent/eventlet monkeypatching (they patch
+``get_ident``). For asyncio pass ``owner=task_owner``. An owner that checks out a second
+connection while holding one -- the post-mortem's ``Session(bind=db.engine)`` beside
+``db.session`` -- is counted (``second_checkouts``) and logged on ``pooltender.watch`` with the
+``file:line`` stack of the second checkout (and of the first when stacks are captured).
+
+**Leaks** are :mod:`pooltender.leaks`'s job (a do-nothing tracker when detection is off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from sqlalchemy import event, exc
+from sqlalchemy.pool import QueuePool
+
+from pooltender.leaks import (
+    NO_TRACKING,
+    GcReturnReport,
+    LeakReport,
+    Stack,
+    StackTracker,
+    TrackedCheckout,
+    Tracker,
+    capture_stack,
+    format_stack,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+__all__ = [
+    "CHECKOUT_WAIT_BUCKETS",
+    "HOLD_TIME_BUCKETS",
+    "GcReturnReport",
+    "HistogramSnapshot",
+    "LeakReport",
+    "OpenCheckout",
+    "PoolStats",
+    "PoolWatch",
+    "SecondCheckoutReport",
+    "WatchedQueuePool",
+    "install_watch",
+    "task_owner",
+    "watch_of",
+]
+
+logger = logging.getLogger("pooltender.watch")
+
+_now_ns = time.perf_counter_ns
+#: ``record_info`` key of the open checkout: (started ns, owner, seq, tracked or None).
+_KEY: Final = "pooltender.watch"
+
+#: Upper bounds (seconds, ``le``) of the checkout-wait histogram; +Inf is implicit.
+CHECKOUT_WAIT_BUCKETS: Final[tuple[float, ...]] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+#: Upper bounds (seconds, ``le``) of the connection-hold-time histogram; +Inf is implicit.
+HOLD_TIME_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+
+
+def task_owner() -> Hashable:
+    """Owner key for asyncio code: the running task, else the thread (pass as ``owner=``)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """Fixed-bucket histogram: ``counts[i]`` observations with ``bounds[i-1] < v <= bounds[i]``.
+
+    ``counts`` has one more entry than ``bounds``: the last is the +Inf bucket. The shape is
+    Prometheus's (``cumulative()`` gives its ``_bucket`` series); quantiles are estimated by
+    linear interpolation inside the bucket, as ``histogram_quantile`` does.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum: float  # seconds
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+    @property
+    def p50(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def p99(self) -> float:
+        return self.quantile(0.99)
+
+    def cumulative(self) -> tuple[tuple[float, int], ...]:
+        """``(le, cumulative count)`` pairs, the last with ``le = inf``."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for le, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((le, running))
+        return tuple(out)
+
+    def quantile(self, q: float) -> float:
+        """Estimated ``q``-quantile in seconds (0.0 when empty; the top bound if in +Inf)."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                if i == len(self.bounds):
+                    return self.bounds[-1]
+                lower = self.bounds[i - 1] if i else 0.0
+                return lower + (self.bounds[i] - lower) * ((rank - seen) / n)
+            seen += n
+        return self.bounds[-1]
+
+
+def _bounds_ns(bounds: tuple[float, ...]) -> list[int]:
+    return [round(b * 1e9) for b in bounds]
+
+
+def _snapshot(bounds: tuple[float, ...], counts: list[int], total_ns: int) -> HistogramSnapshot:
+    """Freeze a histogram kept as ``counts[bisect_left(bounds_ns, v)] += 1`` plus a sum."""
+    return HistogramSnapshot(bounds, tuple(counts), sum(counts), total_ns / 1e9)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class SecondCheckoutReport:
+    """An owner checked out another connection while already holding ``held`` of them."""
+
+    owner: str
+    thread_name: str
+    held: int
+    stack: Stack
+    first_stack: Stack
+    reported_at: float  # time.time()
+
+    @property
+    def where(self) -> str:
+        """``file:line`` of the user's code that made the second checkout."""
+        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+
+    def __str__(self) -> str:
+        text = (
+            f"thread {self.thread_name!r} checked out connection #{self.held} from the same "
+            f"engine while holding {self.held - 1}, at:\n{format_stack(self.stack)}"
+        )
+        if self.first_stack:
+            text += f"\n  the first was checked out at:\n{format_stack(self.first_stack)}"
+        return text
+
+
+@dataclass(frozen=True)
+class OpenCheckout:
+    """A connection checked out right now (for test guards and teardown safety nets)."""
+
+    seq: int
+    held_seconds: float
+    thread_name: str
+    stack: Stack
+
+    @property
+    def where(self) -> str:
+        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A consistent snapshot of one engine's pool (taken under the watch lock).
+
+    Gauges: ``checked_out`` (by the watch's own count), ``idle``, ``overflow_in_use``,
+    ``pool_size``, ``max_overflow`` (the last four None for pools without those notions).
+    Counters since install: everything named as a count. Times in seconds.
+    """
+
+    pool_class: str
+    pool_size: int | None
+    max_overflow: int | None
+    checked_out: int
+    idle: int | None
+    overflow_in_use: int | None
+    high_water_checked_out: int
+    checkouts: int
+    checkins: int
+    detaches: int
+    connects: int
+    closes: int
+    invalidations: int
+    soft_invalidations: int
+    ping_failures: int
+    recycles: int
+    checkout_timeouts: int
+    wait_measured: bool
+    checkout_wait: HistogramSnapshot
+    hold_time: HistogramSnapshot
+    second_checkouts: int
+    second_checkout_reports: tuple[SecondCheckoutReport, ...]
+    leak_threshold: float
+    leaks_reported: int
+    leaks_returned: int
+    leak_reports: tuple[LeakReport, ...]
+    gc_returns: int
+    gc_return_reports: tuple[GcReturnReport, ...]
+    uptime_seconds: float
+    window_seconds: float
+    window_checkouts: int
+
+    @property
+    def hold_time_mean(self) -> float:
+        """Mean seconds a connection stays checked out (Little's law ``W``)."""
+        return self.hold_time.mean
+
+    @property
+    def checkouts_per_second(self) -> float:
+        """Checkouts per second since install or :meth:`PoolWatch.reset` (Little's lambda)."""
+        return self.window_checkouts / self.window_seconds if self.window_seconds > 0 else 0.0
+
+    @property
+    def busy_connections(self) -> float:
+        """Little's law: mean connections busy = checkout rate x mean hold time."""
+        return self.checkouts_per_second * self.hold_time_mean
+
+
+# --------------------------------------------------------------------------- the pool class
+
+
+class WatchedQueuePool(QueuePool):
+    """``QueuePool`` whose checkout and return steps report to the watch (module docstring).
+
+    Without an installed watch it behaves exactly as ``QueuePool`` (one attribute test).
+    """
+
+    _pooltender_watch: PoolWatch | None = None
+
+    def connect(self) -> PoolProxiedConnection:
+        watch = self._pooltender_watch
+        if watch is None:
+            return QueuePool.connect(self)
+        started = _now_ns()
+        try:
+            proxy = QueuePool.connect(self)
+        except exc.TimeoutError:
+            watch._timed_out(_now_ns() - started)
+            raise
+        info = proxy.record_info
+        if info is not None:
+            watch._begin(info, proxy, _now_ns(), started)
+        return proxy
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        # record the checkin *before* the record is back in the queue, where another thread
+        # could check it out at once
+        watch = self._pooltender_watch
+        if watch is not None:
+            info = record.record_info
+            if info is not None:
+                watch._end(info, _now_ns())
+        QueuePool._do_return_conn(self, record)
+
+    def recreate(self) -> WatchedQueuePool:
+        # engine.dispose() replaces the pool with pool.recreate(); keep the watch attached.
+        new = cast(WatchedQueuePool, super().recreate())
+        new._pooltender_watch = self._pooltender_watch
+        return new
+
+
+# --------------------------------------------------------------------------- the watch
+
+
+class PoolWatch:
+    """Counters, histograms and reports for one engine's pool. Build with :func:`install_watch`.
+
+    Thread-safe: the checkout and checkin paths each take one short, uncontended-in-practice
+    lock for a few integer and dict operations; :meth:`stats` copies under the same lock, so a
+    snapshot is consistent (``checkouts - checkins == checked_out``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        leak_threshold: float = 0.0,
+        capture_stacks: bool = False,
+        report_second_checkouts: bool = True,
+        owner: Callable[[], Hashable] = threading.get_ident,
+        max_reports: int = 100,
+    ) -> None:
+        self._engine_ref = weakref.ref(engine)
+        self._name = engine.url.render_as_string(hide_password=True)
+        self._lock = threading.Lock()
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
+        self._owner = owner
+        self._report_second = report_second_checkouts
+        self._held: dict[Hashable, int] = {}  # owner -> connections it holds now
+        self._seq_counter = itertools.count(1)  # numbers checkouts; atomic without the lock
+        self._checkouts = 0
+        self._checkins = 0
+        self._out = 0
+        self._high = 0
+        self._detaches = 0
+        self._connects = 0
+        self._closes = 0
+        self._invalidations = 0
+        self._soft_invalidations = 0
+        self._ping_failures = 0
+        self._recycles = 0
+        self._timeouts = 0
+        self._second = 0
+        self._leaks = 0
+        self._leaks_returned = 0
+        self._gc_returns = 0
+        self._installed = self._since = time.monotonic()
+        self._checkouts_at_reset = 0
+        # histograms: counts per bucket (last = +Inf) and sum, kept flat for the hot path
+        self._wait_bounds_ns = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
+        self._wait_counts = [0] * (len(CHECKOUT_WAIT_BUCKETS) + 1)
+        self._wait_total_ns = 0
+        self._hold_bounds_ns = _bounds_ns(HOLD_TIME_BUCKETS)
+        self._hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
+        self._hold_total_ns = 0
+        self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
+        self._second_sites: set[str] = set()
+        self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
+        self._gc_reports: deque[GcReturnReport] = deque(maxlen=max_reports)
+        self._leak_threshold = 0.0
+        self._capture_stacks = False
+        self._tracker: Tracker = NO_TRACKING
+        self._listeners: list[tuple[str, Callable[..., None]]] = []
+        self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
+
+    # ---- configuration ------------------------------------------------------------------
+
+    @property
+    def leak_threshold(self) -> float:
+        return self._leak_threshold
+
+    @property
+    def capture_stacks(self) -> bool:
+        """True when each checkout's stack is captured (leak detection on, or asked for)."""
+        return self._tracker is not NO_TRACKING
+
+    def configure(
+        self, *, leak_threshold: float | None = None, capture_stacks: bool | None = None
+    ) -> None:
+        """Change leak detection: ``leak_threshold`` seconds (0 = off), ``capture_stacks``
+        (keep each checkout's stack even with no threshold, e.g. for the pytest plugin).
+
+        Checkouts already open keep what they captured; only new checkouts see the change.
+        """
+        threshold = self._leak_threshold if leak_threshold is None else float(leak_threshold)
+        if not threshold >= 0:
+            raise ValueError(f"leak_threshold must be >= 0 seconds (0 = off), got {threshold!r}")
+        stacks = self._capture_stacks if capture_stacks is None else capture_stacks
+        old = self._tracker
+        if threshold > 0 or stacks:
+            new = StackTracker(
+                threshold=threshold if threshold > 0 else float("inf"),
+                lock=self._lock,
+                sink=self,
+                name=self._name,
+            )
+            new.adopt(old)
+            self._tracker = new
+        else:
+            self._tracker = NO_TRACKING
+        self._leak_threshold = threshold
+        self._capture_stacks = stacks
+        old.stop()
+
+    def _attach(self, engine: Engine) -> None:
+        listeners: list[tuple[str, Callable[..., None]]] = [
+            ("connect", self._on_connect),
+            ("detach", self._on_detach),
+            ("invalidate", self._on_invalidate),
+            ("soft_invalidate", self._on_soft_invalidate),
+            ("close", self._on_close),
+        ]
+        pool = engine.pool
+        if isinstance(pool, WatchedQueuePool):
+            pool._pooltender_watch = self
+        else:
+            listeners += [("checkout", self._on_checkout), ("checkin", self._on_checkin)]
+        for name, fn in listeners:
+            event.listen(engine, name, fn)
+        self._listeners = listeners
+
+    def remove(self) -> None:
+        """Uninstall: remove the listeners, stop the sweeper, forget the engine (for tests)."""
+        engine = self._engine_ref()
+        if engine is not None:
+            for name, fn in self._listeners:
+                event.remove(engine, name, fn)
+            pool = engine.pool
+            if isinstance(pool, WatchedQueuePool) and pool._pooltender_watch is self:
+                pool._pooltender_watch = None
+            with _REGISTRY_LOCK:
+                if _WATCHES.get(engine) is self:
+                    del _WATCHES[engine]
+        self._listeners = []
+        self._tracker.stop()
+        self._tracker = NO_TRACKING
+
+    def reset_high_water(self) -> None:
+        """Start the high-water mark again from the connections checked out now."""
+        with self._lock:
+            self._high = self._out
+
+    def reset(self) -> None:
+        """Restart the rate window (``checkouts_per_second``) and the high-water mark."""
+        with self._lock:
+            self._since = time.monotonic()
+            self._checkouts_at_reset = self._checkouts
+            self._high = self._out
+
+    # ---- hot path: checkout / checkin -----------------------------------------------------
+
+    def _begin(
+        self, info: dict[Any, Any], proxy: PoolProxiedConnection, now: int, started: int
+    ) -> None:
+        """A checkout completed at ``now``; ``started`` is when the caller began waiting
+        (equal to ``now`` when the wait is not measured). The hot path: one short lock."""
+        owner = self._owner()
+        waited = now - started
+        self._acquire()
+        try:
+            seq = self._checkouts = self._checkouts + 1
+            out = self._out = self._out + 1
+            if out > self._high:
+                self._high = out
+            held_by = self._held
+            held = held_by[owner] = held_by.get(owner, 0) + 1
+            if waited:
+                self._wait_counts[bisect_left(self._wait_bounds_ns, waited)] += 1
+                self._wait_total_ns += waited
+        finally:
+            self._release()
+        # info belongs to this checkout alone until the caller gets the connection
+        tracked = self._tracker.on_checkout(seq, now, owner, proxy)  # None if tracking is off
+        info[_KEY] = (now, owner, tracked)
+        if held > 1 and self._report_second:
+            self._second_checkout(owner, tracked, held)
+
+    def _end(self, info: dict[Any, Any], now: int) -> None:
+        """The checkout recorded in ``info`` ended at ``now`` (checkin or detach)."""
+        entry = info.pop(_KEY, None)  # still ours: the record is not back in the queue yet
+        if entry is None:
+            return
+        started, owner, tracked = entry
+        held_for = now - started
+        self._acquire()
+        try:
+            self._checkins += 1
+            self._out -= 1
+            self._hold_counts[bisect_left(self._hold_bounds_ns, held_for)] += 1
+            self._hold_total_ns += held_for
+            held_by = self._held
+            held = held_by[owner] - 1
+            if held:
+                held_by[owner] = held
+            else:
+                del held_by[owner]
+        finally:
+            self._release()
+        self._tracker.on_checkin(tracked, now)
+
+    def _on_checkout(
+        self,
+        dbapi_connection: DBAPIConnection,
+        record: ConnectionPoolEntry,
+        proxy: PoolProxiedConnection,
+    ) -> None:
+        info = record.record_info
+        if info is not None and _KEY not in info:  # not a retry of the same checkout
+            now = _now_ns()
+            self._begin(info, proxy, now, now)
+
+    def _on_checkin(self, dbapi_connection: DBAPIConnection | None, record: Any) -> None:
+        info = record.record_info
+        if info is not None:
+            self._end(info, _now_ns())
+
+    # ---- cold path ------------------------------------------------------------------------
+
+    def _on_detach(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        with self._lock:
+            self._detaches += 1
+        # a detached connection never comes back: its checkout ends here, counted as a checkin
+        info = record.record_info
+        if info is not None:
+            self._end(info, _now_ns())
+
+    def _on_connect(self, dbapi_connection: DBAPIConnection, record: Any) -> None:
+        with self._lock:
+            self._connects += 1
+
+    def _on_invalidate(
+        self, dbapi_connection: DBAPIConnection, record: Any, exception: BaseException | None
+    ) -> None:
+        with self._lock:
+            self._invalidations += 1
+            if isinstance(exception, exc.DisconnectionError):
+                self._ping_failures += 1
+
+    def _on_soft_invalidate(
+        self, dbapi_connection: DBAPIConnection, record: Any, exception: BaseException | None
+    ) -> None:
+        with self._lock:
+            self._soft_invalidations += 1
+
+    def _on_close(self, dbapi_connection: DBAPIConnection, record: Any) -> None:
+        engine = self._engine_ref()
+        recycle = getattr(engine.pool, "_recycle", -1) if engine is not None else -1
+        started = getattr(record, "starttime", None)  # _ConnectionRecord.last_connect_time
+        aged = recycle > -1 and started is not None and time.time() - started > recycle
+        with self._lock:
+            self._closes += 1
+            if aged:
+                self._recycles += 1
+
+    def _timed_out(self, ns: int) -> None:
+        with self._lock:
+            self._timeouts += 1
+            self._wait_counts[bisect_left(self._wait_bounds_ns, ns)] += 1
+            self._wait_total_ns += ns
+
+    def _second_checkout(self, owner: Hashable, tracked: TrackedCheckout | None, held: int) -> None:
+        others = [
+            t
+            for t in self._tracker.open_checkouts()
+            if t is not tracked and t.owner == owner and t.open
+        ]
+        report = SecondCheckoutReport(
+            owner=repr(owner),
+            thread_name=threading.current_thread().name,
+            held=held,
+            stack=tracked.stack if tracked is not None else capture_stack(),
+            first_stack=others[0].stack if others else (),
+            reported_at=time.time(),
+        )
+        with self._lock:
+            self._second += 1
+            self._second_reports.append(report)
+            first_time = report.where not in self._second_sites
+            if first_time and len(self._second_sites) < 1000:
+                self._second_sites.add(report.where)
+        if first_time:  # log once per call site; the counter and the reports keep counting
+            logger.warning(
+                "pooltender: second connection checked out in one unit of work (engine %s): %s",
+                self._name,
+                report,
+            )
+
+    # ---- LeakSink -------------------------------------------------------------------------
+
+    def leak_reported(self, report: LeakReport) -> None:
+        with self._lock:
+            self._leaks += 1
+            self._leak_reports.append(report)
+        logger.warning("pooltender: possible connection leak (engine %s): %s", self._name, report)
+
+    def leak_returned(self, held_seconds: float, tracked: TrackedCheckout) -> None:
+        with self._lock:
+            self._leaks_returned += 1
+        where = f"{tracked.stack[0]}" if tracked.stack else "?"
+        logger.warning(
+            "pooltender: previously reported leaked connection (engine %s, checked out at %s) "
+            "returned after %.3f s",
+            self._name,
+            where,
+            held_seconds,
+        )
+
+    def gc_returned(self, report: GcReturnReport) -> None:
+        with self._lock:
+            self._gc_returns += 1
+            self._gc_reports.append(report)
+        logger.warning(
+            "pooltender: connection never closed, returned by the garbage collector after "
+            "%.3f s (engine %s), checked out at:\n%s",
+            report.held_seconds,
+            self._name,
+            format_stack(report.stack),
+        )
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        """A checkout number no earlier checkout has and every later one exceeds."""
+        return next(self._seq_counter)
+
+    def open_checkouts(self) -> tuple[OpenCheckout, ...]:
+        """Connections checked out now with their stacks, oldest first.
+
+        Only checkouts made while stacks are captured are listed (``capture_stacks`` or a
+        leak threshold); ``stats().checked_out`` counts all of them.
+        """
+        now = _now_ns()
+        return tuple(
+            OpenCheckout(t.seq, (now - t.started_ns) / 1e9, t.thread_name, t.stack)
+            for t in self._tracker.open_checkouts()
+        )
+
+    def held_by_current_owner(self) -> int:
+        """Connections the calling owner (thread, greenlet or task) holds right now.
+
+        A request teardown uses it as a safety net: after Flask-SQLAlchemy removed the
+        session, anything still held was checked out outside the scoped session.
+        """
+        return self._held.get(self._owner(), 0)
+
+    def open_checkouts_of_current_owner(self) -> tuple[OpenCheckout, ...]:
+        """The calling owner's open checkouts with their stacks (when stacks are captured)."""
+        owner = self._owner()
+        now = _now_ns()
+        return tuple(
+            OpenCheckout(t.seq, (now - t.started_ns) / 1e9, t.thread_name, t.stack)
+            for t in self._tracker.open_checkouts()
+            if t.owner == owner
+        )
+
+    def sweep(self) -> int:
+        """Run one leak sweep now (tests; the sweeper thread does this on its own)."""
+        tracker = self._tracker
+        return tracker.sweep() if isinstance(tracker, StackTracker) else 0
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of every figure; pool gauges are read from the live pool."""
+        engine = self._engine_ref()
+        pool: Any = engine.pool if engine is not None else None
+        is_queue = isinstance(pool, QueuePool)
+        with self._lock:
+            now = time.monotonic()
+            return PoolStats(
+                pool_class=type(pool).__name__,
+                pool_size=pool.size() if is_queue else None,
+                max_overflow=pool._max_overflow if is_queue else None,
+                checked_out=self._out,
+                idle=pool.checkedin() if is_queue else None,
+                overflow_in_use=max(0, pool.overflow()) if is_queue else None,
+                high_water_checked_out=self._high,
+                checkouts=self._checkouts,
+                checkins=self._checkins,
+                detaches=self._detaches,
+                connects=self._connects,
+                closes=self._closes,
+                invalidations=self._invalidations,
+                soft_invalidations=self._soft_invalidations,
+                ping_failures=self._ping_failures,
+                recycles=self._recycles,
+                checkout_timeouts=self._timeouts,
+                wait_measured=isinstance(pool, WatchedQueuePool),
+                checkout_wait=_snapshot(
+                    CHECKOUT_WAIT_BUCKETS, self._wait_counts, self._wait_total_ns
+                ),
+                hold_time=_snapshot(HOLD_TIME_BUCKETS, self._hold_counts, self._hold_total_ns),
+                second_checkouts=self._second,
+                second_checkout_reports=tuple(self._second_reports),
+                leak_threshold=self._leak_threshold,
+                leaks_reported=self._leaks,
+                leaks_returned=self._leaks_returned,
+                leak_reports=tuple(self._leak_reports),
+                gc_returns=self._gc_returns,
+                gc_return_reports=tuple(self._gc_reports),
+                uptime_seconds=now - self._installed,
+                window_seconds=now - self._since,
+                window_checkouts=self._checkouts - self._checkouts_at_reset,
+            )
+
+
+# --------------------------------------------------------------------------- install / getter
+
+_WATCHES: weakref.WeakKeyDictionary[Engine, PoolWatch] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def install_watch(
+    engine: Engine,
+    *,
+    leak_threshold: float = 0.0,
+    capture_stacks: bool = False,
+    report_second_checkouts: bool = True,
+    owner: Callable[[], Hashable] = threading.get_ident,
+    max_reports: int = 100,
+) -> PoolWatch:
+    """Install the watch on ``engine`` (idempotent) and return it.
+
+    ``leak_threshold``: seconds a checkout may last before it is reported (0 = off).
+    ``capture_stacks``: keep each checkout's stack even without a threshold.
+    ``report_second_checkouts``: log and count an owner's second concurrent checkout.
+    ``owner``: who a checkout belongs to (thread by default; :func:`task_owner` for asyncio).
+    ``max_reports``: how many of each kind of report are kept (oldest dropped).
+
+    A second call on the same engine returns the existing watch. A non-zero
+    ``leak_threshold`` or ``capture_stacks=True`` it asks for is applied to that watch with
+    :meth:`PoolWatch.configure`; defaults never turn detection off (call ``configure`` to).
+    """
+    with _REGISTRY_LOCK:
+        watch = _WATCHES.get(engine)
+        if watch is None:
+            watch = PoolWatch(
+                engine,
+                leak_threshold=leak_threshold,
+                capture_stacks=capture_stacks,
+                report_second_checkouts=report_second_checkouts,
+                owner=owner,
+                max_reports=max_reports,
+            )
+            watch._attach(engine)
+            _WATCHES[engine] = watch
+            return watch
+    if leak_threshold > 0 and leak_threshold != watch.leak_threshold:
+        watch.configure(leak_threshold=leak_threshold)
+    if capture_stacks and not watch._capture_stacks:
+        watch.configure(capture_stacks=True)
+    return watch
+
+
+def watch_of(engine: Engine) -> PoolWatch | None:
+    """The watch installed on ``engine``, or None."""
+    return _WATCHES.get(engine)
