@@ -153,6 +153,16 @@ class Settings:
         """The database URL with its password hidden, for logs and CLI output."""
         return make_url(self.database_url).render_as_string(hide_password=True)
 
+    @property
+    def masked_broker_url(self) -> str:
+        """The broker URL with its password hidden, for logs and CLI output."""
+        scheme, sep, rest = self.broker_url.partition("://")
+        if not sep or "@" not in rest:
+            return self.broker_url
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else self.broker_url
+
     def engine_options(self) -> dict[str, Any]:
         """SQLAlchemy ``create_engine`` keyword arguments for these settings."""
         options: dict[str, Any] = {

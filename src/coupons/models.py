@@ -194,6 +194,7 @@ class Redemption(db.Model):  # type: ignore[name-defined,misc]
 
     __table_args__ = (
         UniqueConstraint("campaign_id", "active_order_key", name="uq_redemptions_active_order"),
+        Index("ix_redemptions_order_id", "order_id"),
     )
 
 

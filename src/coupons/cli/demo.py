@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -95,6 +98,8 @@ def demo(port: int, no_serve: bool) -> None:
 
     var_dir = Path.cwd() / "var"
     os.environ.setdefault("SECRET_KEY", demo_secret_key(var_dir))
+    # A broker both processes reach without RabbitMQ: kombu's SQLAlchemy transport on SQLite.
+    os.environ.setdefault("BROKER_URL", f"sqla+sqlite:///{var_dir / 'broker.db'}")
     settings = load_settings()
     upgrade(settings.database_url)
     password, code, campaign_id = seed(settings)
@@ -119,11 +124,22 @@ Try it (copy and paste):
   curl -s -X POST {base}/api/v1/redemptions -H "Authorization: Bearer $TOKEN" \\
     -H 'Content-Type: application/json' -H "Idempotency-Key: demo-order-o-1" \\
     -d '{{"code": "{code}", "customer_id": "c-1", "order_id": "o-1", "order_total": "80.00"}}'
+
+Order events (a consumer runs beside the API on {settings.masked_broker_url}):
+
+  BROKER_URL={settings.masked_broker_url} .venv/bin/coupons publish-demo-orders 10 --cancel 2
 """
     )
     if no_serve:
         return
-    run_gunicorn("127.0.0.1", port, workers=2, threads=4)
+    consumer = subprocess.Popen(  # noqa: S603 - our own console script, fixed arguments
+        [str(Path(sys.executable).with_name("coupons")), "consume", "--stats-interval", "60"]
+    )
+    try:
+        run_gunicorn("127.0.0.1", port, workers=2, threads=4)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(timeout=30)
 
 
 def register(main: click.Group) -> None:

@@ -1,0 +1,25 @@
+"""index redemptions by order_id (order.cancelled without a code looks orders up across campaigns)
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("redemptions", schema=None) as batch_op:
+        batch_op.create_index("ix_redemptions_order_id", ["order_id"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("redemptions", schema=None) as batch_op:
+        batch_op.drop_index("ix_redemptions_order_id")
