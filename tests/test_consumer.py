@@ -30,6 +30,7 @@ from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.models import Campaign, Coupon, ProcessedMessage, Redemption
 from coupons.services.coupon import redeem
+from pooltender.settings import PoolSettings
 from tests._rabbit import (
     ConsumerThread,
     drain,
@@ -118,7 +119,9 @@ def test_an_event_round_trips_and_unknown_fields_are_ignored() -> None:
 def test_embedded_broker_applies_each_event_once(settings: Settings, app: Flask) -> None:
     """memory:// on every database: redeem, duplicate, refusals, rollbacks, dead letters."""
     broker = "memory://localhost/"
-    consumer_settings = replace(settings, broker_url=broker, pool_size=1, max_overflow=0)
+    consumer_settings = replace(
+        settings, broker_url=broker, pool=PoolSettings(pool_size=1, max_overflow=0)
+    )
     seed_code(app, "EMB-MANY")
     seed_code(app, "EMB-ONCE", max_uses=1)
     with topology_on(broker) as topology, open_broker(broker) as conn:
@@ -181,7 +184,7 @@ def rabbit() -> str:
 @pytest.fixture
 def maria_settings(rabbit: str) -> Any:
     with mariadb_database() as url:
-        yield make_settings(url, broker_url=rabbit, pool_size=1, max_overflow=0)
+        yield make_settings(url, broker_url=rabbit, pool=PoolSettings(pool_size=1, max_overflow=0))
 
 
 @pytest.fixture
@@ -274,7 +277,9 @@ def test_database_restart_under_a_running_consumer(rabbit: str, tmp_path: Path) 
     with PrivateMariaDB() as server:
         upgrade(server.url)
         settings = make_settings(
-            server.url, broker_url=rabbit, pool_size=1, max_overflow=0, pool_timeout=2
+            server.url,
+            broker_url=rabbit,
+            pool=PoolSettings(pool_size=1, max_overflow=0, pool_timeout=2),
         )
         app = create_app(settings)
         seed_code(app, "RESTART")

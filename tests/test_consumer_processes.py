@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from coupons import create_app
 from coupons.consumers import OrderEventPublisher, open_broker, paid
 from coupons.db import db
+from pooltender.settings import PoolSettings
 from tests._rabbit import (
     ConsumerThread,
     ProcesslistSampler,
@@ -181,7 +182,9 @@ def test_sigkill_mid_message_is_redelivered_and_applied_once(
 ) -> None:
     _seed(maria_url, "KILL-ME")
     marker = tmp_path / "inside-unit-of-work"
-    settings = make_settings(maria_url, broker_url=rabbit, pool_size=1, max_overflow=0)
+    settings = make_settings(
+        maria_url, broker_url=rabbit, pool=PoolSettings(pool_size=1, max_overflow=0)
+    )
     event = paid("kill-1", customer_id="c", code="KILL-ME", order_total="30.00")
     with topology_on(rabbit) as topology, open_broker(rabbit) as conn:
         publisher = OrderEventPublisher(conn, topology)

@@ -11,6 +11,7 @@ from flask_smorest import Api
 
 from coupons.config import Settings
 from coupons.db import db, install_sqlite_hooks
+from pooltender.flask import Pooltender
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -20,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=settings.engine_options(),
+        SQLALCHEMY_ENGINE_OPTIONS=settings.connect_options(),
         SQLALCHEMY_ECHO=settings.echo,
         API_TITLE="Coupons",
         API_VERSION="v1",
@@ -29,8 +30,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         JSON_SORT_KEYS=False,
     )
+    app.config.update(settings.pooltender_config)
     app.extensions["coupons.settings"] = settings
-    db.init_app(app)
+    # Pooltender sizes and watches the pool, sheds exhaustion as 503, and calls db.init_app.
+    Pooltender(app, db, settings=settings.pool, protect=_require_admin)
     if settings.backend == "sqlite":
         with app.app_context():
             install_sqlite_hooks(db.engine)
@@ -40,6 +43,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register(app, api)
     return app
+
+
+def _require_admin() -> None:
+    """Pooltender's stats and dashboard pages are for admins (a bearer token)."""
+    from coupons.api.common import require_admin
+
+    require_admin()
 
 
 def settings_of(app: Flask) -> Settings:

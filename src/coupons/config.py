@@ -1,20 +1,24 @@
 """Settings of the coupon service, read from the environment once, at start-up.
 
-The post-mortem's ``app/config.py`` held a pool of 200/500 connections per process; this one
-holds the post-mortem's corrected defaults (20/50/30/1800/pre_ping) and validates every
-value when the app is built, so a typo in a deployment fails loudly at start-up instead of
-as a ``(1040, 'Too many connections')`` at peak traffic.
+The post-mortem's ``app/config.py`` held a pool of 200/500 connections per process and its
+fix lowered that to 20/50/30/1800/pre_ping. Pool settings here are pooltender's
+:class:`~pooltender.settings.PoolSettings`, read from ``POOLTENDER_*`` variables and
+validated at start-up, so a typo fails loudly instead of as ``(1040, 'Too many
+connections')`` at peak traffic. Their defaults follow the budget's Little's-law sizing
+(4 + 2 per process), not the post-mortem's 20/50: measured on 2 cores with gunicorn
+4 workers x 32 threads, 20/50 held 129 connections for 451 req/s, 4 per worker held 17 for
+633 req/s (docs/budget.md, docs/fleet.md). ``POOLTENDER_POOL_SIZE=20
+POOLTENDER_MAX_OVERFLOW=50`` restores the post-mortem's figures.
 
 Environment variables (all optional in development):
 
 ``DATABASE_URL``            SQLAlchemy URL; default ``sqlite:///<cwd>/var/coupons.db``
 ``COUPONS_ENV``             ``development`` (default), ``production`` or ``test``
 ``SECRET_KEY``              signs tokens; required in production, generated otherwise
-``DB_POOL_SIZE``            20
-``DB_MAX_OVERFLOW``         50
-``DB_POOL_TIMEOUT``         30 (seconds to wait for a connection)
-``DB_POOL_RECYCLE``         1800 (seconds; keep below the server's wait_timeout)
-``DB_POOL_PRE_PING``        true
+``POOLTENDER_POOL_SIZE``    4; and ``POOLTENDER_MAX_OVERFLOW`` 2, ``POOLTENDER_POOL_TIMEOUT``
+                            30, ``POOLTENDER_POOL_RECYCLE`` 1800, ``POOLTENDER_POOL_PRE_PING``
+                            true, ``POOLTENDER_SHED_WAIT``, ``POOLTENDER_LEAK_THRESHOLD`` ...
+                            (every PoolSettings field; see pooltender.settings)
 ``SQLALCHEMY_ECHO``         false (log every statement; debugging only)
 ``SQLALCHEMY_ECHO_POOL``    false (log pool checkouts and checkins; debugging only)
 ``ACCESS_TOKEN_TTL``        900 seconds
@@ -36,6 +40,9 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from pooltender.flask import EXTENSION_KEYS, settings_from_config
+from pooltender.settings import PoolSettings, SettingsError
 
 ENVIRONMENTS = ("development", "production", "test")
 _SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105  (a shell hint, not a secret)
@@ -72,6 +79,30 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+_RENAMED = {
+    "DB_POOL_SIZE": "POOLTENDER_POOL_SIZE",
+    "DB_MAX_OVERFLOW": "POOLTENDER_MAX_OVERFLOW",
+    "DB_POOL_TIMEOUT": "POOLTENDER_POOL_TIMEOUT",
+    "DB_POOL_RECYCLE": "POOLTENDER_POOL_RECYCLE",
+    "DB_POOL_PRE_PING": "POOLTENDER_POOL_PRE_PING",
+}
+
+
+def _pool_settings(env: Mapping[str, str]) -> PoolSettings:
+    """PoolSettings from ``POOLTENDER_*``, with SQLAlchemy's echo switches on top."""
+    old = [f"{k} (now {v})" for k, v in _RENAMED.items() if k in env]
+    if old:
+        raise ConfigError(f"renamed settings: {', '.join(old)}")
+    try:
+        pool = settings_from_config(env)
+        return pool.with_values(
+            echo=_bool(env, "SQLALCHEMY_ECHO", pool.echo),
+            echo_pool=_bool(env, "SQLALCHEMY_ECHO_POOL", pool.echo_pool),
+        )
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def default_database_url(base: Path | None = None) -> str:
     """The embedded default: a SQLite file under ./var/ of the working directory."""
     root = (base or Path.cwd()) / "var"
@@ -85,13 +116,9 @@ class Settings:
     database_url: str
     environment: str = "development"
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-    pool_size: int = 20
-    max_overflow: int = 50
-    pool_timeout: int = 30
-    pool_recycle: int = 1800
-    pool_pre_ping: bool = True
-    echo: bool = False
-    echo_pool: bool = False
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    #: the Pooltender extension's own keys (fleet shape, budget check, ...), as given
+    pooltender_config: Mapping[str, str] = field(default_factory=dict)
     access_token_ttl: int = 900
     refresh_token_ttl: int = 14 * 24 * 3600
     login_max_failures: int = 5
@@ -120,17 +147,6 @@ class Settings:
             raise ConfigError(
                 f"DATABASE_URL names an unsupported database {url.get_backend_name()!r}; "
                 "use sqlite, mysql/mariadb or postgresql"
-            )
-        if self.pool_size < 1:
-            raise ConfigError(f"DB_POOL_SIZE must be at least 1, got {self.pool_size}")
-        if self.max_overflow < 0:
-            raise ConfigError(f"DB_MAX_OVERFLOW must be at least 0, got {self.max_overflow}")
-        if self.pool_timeout < 1:
-            raise ConfigError(f"DB_POOL_TIMEOUT must be at least 1 second, got {self.pool_timeout}")
-        if self.pool_recycle < -1 or self.pool_recycle == 0:
-            raise ConfigError(
-                f"DB_POOL_RECYCLE must be -1 (never) or a positive number of seconds, "
-                f"got {self.pool_recycle}"
             )
         if self.environment == "production" and len(self.secret_key) < 32:
             raise ConfigError(
@@ -163,26 +179,21 @@ class Settings:
         user = credentials.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in credentials else self.broker_url
 
-    def engine_options(self) -> dict[str, Any]:
-        """SQLAlchemy ``create_engine`` keyword arguments for these settings."""
-        options: dict[str, Any] = {
-            "pool_pre_ping": self.pool_pre_ping,
-            "pool_recycle": self.pool_recycle,
-            "echo_pool": self.echo_pool,
-        }
-        url = make_url(self.database_url)
-        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-        if not in_memory:
-            options.update(
-                pool_size=self.pool_size,
-                max_overflow=self.max_overflow,
-                pool_timeout=self.pool_timeout,
-            )
+    @property
+    def echo(self) -> bool:
+        return self.pool.echo
+
+    def connect_options(self) -> dict[str, Any]:
+        """Engine options that are not about the pool (those come from :attr:`pool`)."""
         if self.backend == "mysql":
-            options["connect_args"] = {"charset": "utf8mb4"}
+            return {"connect_args": {"charset": "utf8mb4"}}
         if self.backend == "sqlite":
-            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        return options
+            return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        return {}
+
+    def engine_options(self) -> dict[str, Any]:
+        """Every ``create_engine`` keyword argument: the pool's and the driver's."""
+        return {**self.pool.engine_options(self.database_url), **self.connect_options()}
 
     @classmethod
     def from_env(
@@ -200,13 +211,8 @@ class Settings:
             database_url=env.get("DATABASE_URL") or default_database_url(base),
             environment=environment,
             secret_key=secret,
-            pool_size=_int(env, "DB_POOL_SIZE", 20, minimum=1),
-            max_overflow=_int(env, "DB_MAX_OVERFLOW", 50),
-            pool_timeout=_int(env, "DB_POOL_TIMEOUT", 30, minimum=1),
-            pool_recycle=_int(env, "DB_POOL_RECYCLE", 1800, minimum=-1),
-            pool_pre_ping=_bool(env, "DB_POOL_PRE_PING", True),
-            echo=_bool(env, "SQLALCHEMY_ECHO", False),
-            echo_pool=_bool(env, "SQLALCHEMY_ECHO_POOL", False),
+            pool=_pool_settings(env),
+            pooltender_config={k: v for k, v in env.items() if k in EXTENSION_KEYS},
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900, minimum=1),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 14 * 24 * 3600, minimum=1),
             login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, minimum=1),

@@ -58,7 +58,7 @@ from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, Set
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, shed_after
 from pooltender.watch import PoolStats, PoolWatch, install_watch
 
-__all__ = ["Pooltender"]
+__all__ = ["EXTENSION_KEYS", "Pooltender", "settings_from_config", "shape_from_config"]
 
 log = logging.getLogger("pooltender.flask")
 
@@ -73,7 +73,7 @@ _FLEET_KEYS: dict[str, str] = {
     "POOLTENDER_FLEET_OTHER_CLIENTS": "other_clients",
     "POOLTENDER_FLEET_RESERVED": "reserved",
 }
-_OWN_KEYS = frozenset(
+EXTENSION_KEYS = _OWN_KEYS = frozenset(
     {
         "POOLTENDER_BUDGET_CHECK",
         "POOLTENDER_SHED",

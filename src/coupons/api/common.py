@@ -112,6 +112,14 @@ def authenticate() -> Principal:
     return principal
 
 
+def require_admin() -> Principal:
+    """Authenticate this request and refuse anyone but an admin (403)."""
+    principal = authenticate()
+    if principal.role != Role.ADMIN:
+        raise Forbidden("this page needs the admin role")
+    return principal
+
+
 def require_role(*roles: Role) -> Callable[[F], F]:
     """Allow the caller in when its role is one of ``roles``; admins are always allowed."""
 

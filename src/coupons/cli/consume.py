@@ -68,8 +68,8 @@ def run_worker(settings: Settings, topology_prefix: str, options: Any) -> int:
         settings.broker_url.split("@")[-1],
         consumer.topology.queue.name,
         options.prefetch,
-        settings.pool_size,
-        settings.max_overflow,
+        settings.pool.pool_size,
+        settings.pool.max_overflow,
     )
     consumer.run()
     log.info("consumer %d stopped", os.getpid())
@@ -190,7 +190,10 @@ def consume(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
-    settings = replace(load_settings(), pool_size=pool_size, max_overflow=max_overflow)
+    base = load_settings()
+    settings = replace(
+        base, pool=base.pool.with_values(pool_size=pool_size, max_overflow=max_overflow)
+    )
     if settings.broker_url.startswith("memory://"):
         raise click.ClickException(
             "BROKER_URL=memory:// is a broker inside one process, which no producer can reach; "

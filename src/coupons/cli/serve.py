@@ -45,7 +45,7 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the API with gunicorn (gthread workers).
 
-    Connections the fleet can open: workers x (DB_POOL_SIZE + DB_MAX_OVERFLOW).
+    Connections the fleet can open: workers x (POOLTENDER_POOL_SIZE + POOLTENDER_MAX_OVERFLOW).
     """
     from coupons.cli.common import load_settings
 
