@@ -93,10 +93,26 @@ def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in _TRUE
 
 
+#: The liveness window used where pooltender installs its idle-window ping (this extension):
+#: bench/watch_overhead.py measured checkout + checkin at 1.58x a bare pool with
+#: SQLAlchemy's pre-ping on every checkout and 1.08x with a ping only after 0.5 s idle
+#: (docs/benchmarks.md), while tests/pooltender/test_liveness.py shows killed, timed-out and
+#: restarted-server connections still caught. PoolSettings alone keeps 0 (pre-ping every
+#: checkout), the safe choice for an engine built without the watch.
+WATCHED_PING_AFTER_IDLE = 0.5
+
+
 def settings_from_config(config: Mapping[str, Any]) -> PoolSettings:
-    """PoolSettings from a Flask config's ``POOLTENDER_*`` keys (the extension's own skipped)."""
+    """PoolSettings from a Flask config's ``POOLTENDER_*`` keys (the extension's own skipped).
+
+    Without ``POOLTENDER_PING_AFTER_IDLE`` the liveness check is the idle-window ping of
+    :data:`WATCHED_PING_AFTER_IDLE` seconds, which this extension installs.
+    """
     pool_keys = {k: v for k, v in config.items() if k not in _OWN_KEYS}
-    return PoolSettings.from_mapping(pool_keys, DEFAULT_PREFIX)
+    settings = PoolSettings.from_mapping(pool_keys, DEFAULT_PREFIX)
+    if f"{DEFAULT_PREFIX}PING_AFTER_IDLE" not in pool_keys and settings.pool_pre_ping:
+        settings = settings.with_values(ping_after_idle=WATCHED_PING_AFTER_IDLE)
+    return settings
 
 
 def shape_from_config(config: Mapping[str, Any]) -> FleetShape | None:

@@ -20,7 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from pooltender.budget import BudgetError
-from pooltender.flask import Pooltender
+from pooltender.flask import WATCHED_PING_AFTER_IDLE, Pooltender
+from pooltender.liveness import idle_ping_of
 from pooltender.settings import SettingsError
 from pooltender.shedding import SheddingQueuePool
 from pooltender.watch import watch_of
@@ -76,6 +77,11 @@ def test_settings_reach_the_engine_and_the_watch_is_installed(
         assert pool.size() == 2
         assert pool._max_overflow == 1
         assert watch_of(db.engine) is not None
+        # the liveness check is the idle-window ping, not a round trip on every checkout
+        ping = idle_ping_of(db.engine)
+        assert ping is not None
+        assert ping.after_idle == WATCHED_PING_AFTER_IDLE
+        assert pool._pre_ping is False
     client = app.test_client()
     assert client.get("/query").get_json() == {"one": 1}
     stats = client.get("/pooltender/stats").get_json()
