@@ -50,7 +50,14 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 from sqlalchemy.engine import Engine, make_url
 
-from pooltender.budget import ENFORCE_MODES, BudgetReport, EnforceMode, FleetShape, check_startup
+from pooltender.budget import (
+    ENFORCE_MODES,
+    BudgetReport,
+    EnforceMode,
+    FleetShape,
+    check_startup,
+    recommend_pool,
+)
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
@@ -362,8 +369,12 @@ class Pooltender:
     def _stats_view(self) -> Response:
         self._guard()
         state = self._state()
+        snapshot = state.stats()
         body: dict[str, Any] = {
-            "engines": {name: stats_json(s) for name, s in state.stats().items()},
+            "engines": {name: stats_json(s) for name, s in snapshot.items()},
+            "recommendation": {
+                name: _recommend(s) for name, s in snapshot.items() if s.checkins > 0
+            },
             "requests_shed": state.requests_shed,
             "requests_leaked_connection": state.requests_leaked,
             "settings": {
@@ -412,6 +423,18 @@ def _mode(mode: str) -> EnforceMode:
         if known == mode:
             return known
     raise ValueError(mode)  # pragma: no cover - validated by the caller
+
+
+def _recommend(stats: PoolStats) -> dict[str, Any]:
+    """Little's law on what this process measured: checkouts/s x mean hold time."""
+    advice = recommend_pool(stats.checkouts_per_second, stats.hold_time_mean)
+    return {
+        "pool_size": advice.pool_size,
+        "max_overflow": advice.max_overflow,
+        "busy_connections_mean": advice.basis.busy_mean,
+        "checkouts_per_second": stats.checkouts_per_second,
+        "hold_time_mean_s": stats.hold_time_mean,
+    }
 
 
 def stats_json(stats: PoolStats) -> dict[str, Any]:

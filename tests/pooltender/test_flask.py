@@ -89,6 +89,9 @@ def test_settings_reach_the_engine_and_the_watch_is_installed(
     assert engine["checkouts"] >= 1
     assert engine["checked_out"] == 0
     assert stats["settings"]["pool_size"] == 2
+    advice = stats["recommendation"]["default"]  # Little's law on the measured figures
+    assert advice["pool_size"] >= 1
+    assert advice["hold_time_mean_s"] > 0
     assert client.get("/pooltender/health").get_json()["status"] == "ok"
 
 
