@@ -45,11 +45,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _require_admin() -> None:
-    """Pooltender's stats and dashboard pages are for admins (a bearer token)."""
-    from coupons.api.common import require_admin
+#: Cookie that carries an admin access token to pooltender's read-only pages, so a browser
+#: can open the dashboard (those pages only answer GET; the API never reads this cookie).
+ADMIN_PAGE_COOKIE = "coupons_admin_token"
 
-    require_admin()
+
+def _require_admin() -> None:
+    """Pooltender's stats and dashboard pages are for admins: a bearer token, or the
+    :data:`ADMIN_PAGE_COOKIE` holding one."""
+    from flask import request
+
+    from coupons.api.common import require_admin, require_admin_token
+
+    cookie = request.cookies.get(ADMIN_PAGE_COOKIE)
+    if cookie and "Authorization" not in request.headers:
+        require_admin_token(cookie)
+    else:
+        require_admin()
 
 
 def settings_of(app: Flask) -> Settings:

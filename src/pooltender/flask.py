@@ -36,6 +36,8 @@ Config keys besides PoolSettings' own (all optional):
 ``POOLTENDER_ENDPOINTS``          URL prefix of the JSON endpoints; default ``/pooltender``,
                                   empty to disable
 ``POOLTENDER_METRICS_PATH``       default ``/metrics``, empty to disable
+``POOLTENDER_DASHBOARD``          serve the live dashboard; default off
+``POOLTENDER_DASHBOARD_PATH``     default ``/pooltender/dashboard``
 """
 
 from __future__ import annotations
@@ -361,6 +363,20 @@ class Pooltender:
             if multiprocess_enabled():
                 state.mirror = MultiprocessMirror(state.stats, state.extra)
             app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
+        if _flag(app.config.get("POOLTENDER_DASHBOARD", False)):
+            from pooltender.dashboard import (
+                DEFAULT_DASHBOARD_PATH,
+                inspection_snapshots,
+                register_dashboard,
+            )
+
+            register_dashboard(
+                app,
+                path=str(app.config.get("POOLTENDER_DASHBOARD_PATH") or DEFAULT_DASHBOARD_PATH),
+                pool_stats=state.stats,
+                snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
+                protect=self._protect,
+            )
 
     def _guard(self) -> None:
         if self._protect is not None:
