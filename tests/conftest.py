@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from coupons import create_app
 from coupons.config import Settings
 from coupons.db import db
 from coupons.migrate import upgrade
-from coupons.models import Role, User
+from coupons.models import Campaign, Role, User
 from coupons.services.auth import Principal, issue_access_token
 
 BACKENDS = ("sqlite", "mariadb", "postgresql")
@@ -178,6 +179,24 @@ def admin(auth_header: Callable[..., dict[str, str]]) -> dict[str, str]:
 @pytest.fixture
 def service(auth_header: Callable[..., dict[str, str]]) -> dict[str, str]:
     return auth_header(Role.SERVICE)
+
+
+def make_campaign(app: Flask, **overrides: Any) -> int:
+    """Insert a campaign row directly (no API, no auth); return its id."""
+    values: dict[str, Any] = {
+        "name": "Spring",
+        "discount_type": "percent",
+        "discount_value": Decimal("10"),
+        "currency": "EUR",
+    }
+    values.update(overrides)
+    with app.app_context():
+        campaign = Campaign(**values)
+        db.session.add(campaign)
+        db.session.commit()
+        campaign_id = int(campaign.id)
+        db.session.remove()
+    return campaign_id
 
 
 def count_rows(app: Flask, model: Any) -> int:

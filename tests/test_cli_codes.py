@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,8 @@ from sqlalchemy import select
 from coupons.cli import main
 from coupons.config import Settings
 from coupons.db import db
-from coupons.models import Campaign, Coupon
-
-
-def make_campaign(app: Flask) -> int:
-    with app.app_context():
-        campaign = Campaign(
-            name="Spring", discount_type="percent", discount_value=Decimal("10"), currency="EUR"
-        )
-        db.session.add(campaign)
-        db.session.commit()
-        return int(campaign.id)
+from coupons.models import Coupon
+from tests.conftest import make_campaign
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import csv
 import io
 import random
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from sqlalchemy import func, insert, select, update
 
 from coupons.db import db
 from coupons.errors import NotFound, Unprocessable
-from coupons.models import Campaign, Coupon
+from coupons.models import Coupon
 from coupons.services import codegen
 from coupons.services.codegen import (
     DEFAULT_ALPHABET,
@@ -29,24 +28,9 @@ from coupons.services.codegen import (
     generate_codes,
     open_codes_export,
 )
+from tests.conftest import make_campaign
 
 # ---------------------------------------------------------------- helpers
-
-
-def make_campaign(app: Flask, **overrides: Any) -> int:
-    """Insert a campaign row directly; return its id."""
-    values: dict[str, Any] = {
-        "name": "Spring",
-        "discount_type": "percent",
-        "discount_value": Decimal("10"),
-        "currency": "EUR",
-    }
-    values.update(overrides)
-    with app.app_context():
-        campaign = Campaign(**values)
-        db.session.add(campaign)
-        db.session.commit()
-        return int(campaign.id)
 
 
 def insert_codes(app: Flask, campaign_id: int, codes: list[str]) -> None:

@@ -16,23 +16,8 @@ from sqlalchemy import event, insert
 from coupons.db import db
 from coupons.errors import Unprocessable
 from coupons.lib.query import InvalidCursor, check_limit, decode_cursor, encode_cursor
-from coupons.models import Campaign, Coupon
-
-
-def make_campaign(app: Flask, **overrides: Any) -> int:
-    """Insert a campaign row directly; return its id."""
-    values: dict[str, Any] = {
-        "name": "Spring",
-        "discount_type": "percent",
-        "discount_value": Decimal("12.5"),
-        "currency": "EUR",
-    }
-    values.update(overrides)
-    with app.app_context():
-        campaign = Campaign(**values)
-        db.session.add(campaign)
-        db.session.commit()
-        return int(campaign.id)
+from coupons.models import Coupon
+from tests.conftest import make_campaign
 
 
 def make_coupons(app: Flask, campaign_id: int, n: int, tag: str, **values: Any) -> None:
@@ -144,7 +129,7 @@ def test_campaign_pages_cover_every_row_once(
     assert [item["id"] for page in pages for item in page] == ids
 
     item = pages[0][0]
-    assert item["discount_value"] == "12.50"
+    assert item["discount_value"] == "10.00"
     assert item["min_order_total"] is None
     assert item["created_at"].endswith("+00:00")
 

@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
+
+from pooltender.session import is_retryable_conflict
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +38,12 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
-# MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout, 1020 snapshot conflict (11.6+).
-# PostgreSQL: 40001 serialization failure, 40P01 deadlock.
-# SQLite: "database is locked" once busy_timeout has passed.
-_MYSQL_RETRYABLE = {1213, 1205, 1020}
-_PG_RETRYABLE = {"40001", "40P01"}
-
 
 def is_retryable(exc: BaseException) -> bool:
-    """True when the database aborted the transaction and running it again is safe."""
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
-        return False
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _PG_RETRYABLE:
-        return True
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRYABLE:
-        return True
-    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
+    """True when the database aborted the transaction and running it again is safe:
+    MySQL/MariaDB 1213 deadlock, 1205 lock wait timeout, 1020 snapshot conflict (11.6+);
+    PostgreSQL 40001 / 40P01; SQLite "database is locked" once busy_timeout has passed."""
+    return is_retryable_conflict(exc)
 
 
 def transaction(fn: Callable[[], T], *, attempts: int = 5) -> T:

@@ -498,20 +498,24 @@ def create_code(
     raise Conflict("could not draw a free code; try again", code="code_taken")
 
 
+def _coupon_with_campaign(key: str | None) -> tuple[Coupon, Campaign] | None:
+    """The coupon of a normalized code with its campaign, in one statement (plain read)."""
+    if key is None:
+        return None
+    row = db.session.execute(
+        select(Coupon, Campaign)
+        .join(Campaign, Coupon.campaign_id == Campaign.id)
+        .where(Coupon.code == key)
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 def get_coupon(code: str) -> CouponView:
     """The coupon with its campaign; the lookup is case-insensitive through normalization."""
     key = _lookup_key(code)
 
     def work() -> CouponView:
-        row = (
-            db.session.execute(
-                select(Coupon, Campaign)
-                .join(Campaign, Coupon.campaign_id == Campaign.id)
-                .where(Coupon.code == key)
-            ).one_or_none()
-            if key is not None
-            else None
-        )
+        row = _coupon_with_campaign(key)
         if row is None:
             raise NotFound("no coupon has this code", code="coupon_not_found")
         return CouponView.of(row[0], row[1])
@@ -542,15 +546,7 @@ def validate_coupon(
         )
 
     def work() -> ValidationResult:
-        found = (
-            db.session.execute(
-                select(Coupon, Campaign)
-                .join(Campaign, Coupon.campaign_id == Campaign.id)
-                .where(Coupon.code == key)
-            ).one_or_none()
-            if key is not None
-            else None
-        )
+        found = _coupon_with_campaign(key)
         if found is None:
             return invalid(_Refusal(Unprocessable, "coupon_not_found", "no coupon has this code"))
         coupon, campaign = found
