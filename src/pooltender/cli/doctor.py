@@ -1,0 +1,285 @@
+"""``pooltender doctor [URL]``: who holds the server's connections, what is wrong, what to change.
+
+The command only parses flags, calls :func:`pooltender.doctor.doctor` and prints (rich
+tables, or ``--json``). The fleet-shape flags are ``pooltender budget``'s own options; giving
+any of them adds the fleet budget. Exit codes: 0 healthy, 1 findings (warning or worse),
+2 no URL or cannot connect. URLs are printed with the password masked, errors included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from pooltender.budget import FleetShape, WorkerModel
+from pooltender.cli.budget import budget_command
+from pooltender.doctor import (
+    EXIT_CANNOT_CONNECT,
+    DoctorReport,
+    Severity,
+    Thresholds,
+    doctor,
+)
+from pooltender.server import InspectionError, ServerSnapshot
+from pooltender.settings import PoolSettings, SettingsError
+
+FLEET_OPTIONS = (
+    "hosts",
+    "processes",
+    "worker_model",
+    "concurrency",
+    "connections_per_request",
+    "consumers",
+    "consumer_connections",
+    "other_clients",
+    "reserved",
+    "pool_size",
+    "max_overflow",
+)
+
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+class DoctorCommandError(click.ClickException):
+    """No URL, or the server cannot be reached; the message never contains a password."""
+
+    exit_code = EXIT_CANNOT_CONNECT
+
+
+def _table(title: str, counts: dict[str, int], label: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column(label)
+    table.add_column("connections", justify="right")
+    for key, value in counts.items():
+        table.add_row(key, str(value))
+    return table
+
+
+def _summary(s: ServerSnapshot) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Server", title_justify="left", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", overflow="fold")
+    usage = f" ({s.usage:.0%})" if s.usage is not None else ""
+    rows: list[tuple[str, str]] = [
+        ("url", s.url),
+        ("server", f"{s.backend} {s.server_version}"),
+        ("connected", f"{s.connected} of max_connections={s.max_connections}{usage}"),
+        ("client connections seen", str(len(s.client_connections()))),
+        ("reserved", str(s.reserved_connections)),
+    ]
+    for key in (
+        "Threads_running",
+        "Max_used_connections",
+        "Connection_errors_max_connections",
+        "Aborted_connects",
+    ):
+        if key in s.status:
+            rows.append((key, f"{s.status[key]:g}"))
+    for key in ("wait_timeout", "interactive_timeout", "idle_in_transaction_session_timeout"):
+        if key in s.variables:
+            rows.append((key, s.variables[key]))
+    if s.memory_per_connection_bytes is not None:
+        rows.append(
+            ("session buffers / connection", f"~{s.memory_per_connection_bytes / 2**20:.1f} MiB")
+        )
+    rows.append(("inspecting as", f"{s.current_user} (privileged: {s.privileged})"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def render(report: DoctorReport) -> None:
+    """Print the report with rich: summary, groupings, budget verdict, ranked findings."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    s = report.snapshot
+    console.print(_summary(s))
+    console.print(_table("By user", s.by_user(), "user"))
+    console.print(_table("By host", s.by_host(), "host"))
+    console.print(_table("By state", s.by_state(), "state"))
+    if report.budget is not None:
+        verdict = "FITS" if report.budget.ok else "DOES NOT FIT"
+        console.print(f"fleet budget: {verdict}: {report.budget.summary()}", markup=False)
+    if not report.findings:
+        console.print("[bold green]healthy[/bold green]: no findings")
+        return
+    console.print(f"\n[bold]Findings[/bold] ({len(report.findings)}, worst first)")
+    for number, f in enumerate(report.findings, 1):
+        style = _SEVERITY_STYLE[str(f.severity)]
+        console.print(
+            f"\n{number}. [{style}]{str(f.severity).upper()}[/{style}] "
+            f"{escape(f'[{f.code}]')} {escape(f.title)}",
+            soft_wrap=True,
+        )
+        for line in f.evidence:
+            console.print(f"   evidence: {line}", markup=False, soft_wrap=True)
+        for line in f.remedy:
+            if "\n" in line:
+                console.print("   remedy:", markup=False)
+                for sub in line.splitlines():
+                    console.print(f"     {sub}", markup=False, soft_wrap=True)
+            else:
+                console.print(f"   remedy: {line}", markup=False, soft_wrap=True)
+    verdict = (
+        "[bold green]healthy[/bold green] (info only)"
+        if report.healthy
+        else "[bold red]needs attention[/bold red]"
+    )
+    console.print(f"\nverdict: {verdict}")
+
+
+_EPILOG = """\b
+Examples:
+  pooltender doctor mysql+mysqldb://ops@db/app
+  DATABASE_URL=postgresql+psycopg://ops@db/app pooltender doctor --json
+  # add the fleet budget (the flags of `pooltender budget`)
+  pooltender doctor mysql+mysqldb://ops@db/app --processes 4 --worker-model gevent \\
+      --pool-size 20 --max-overflow 50
+Exit status: 0 healthy, 1 findings (warning or worse), 2 no URL or cannot connect.
+"""
+
+
+@click.command("doctor", epilog=_EPILOG)
+@click.argument("url", required=False, metavar="[URL]")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print findings, snapshot and budget as JSON."
+)
+@click.option(
+    "--pool-recycle",
+    type=int,
+    default=None,
+    help="The application's pool_recycle, checked against wait_timeout "
+    "[default: POOLTENDER_POOL_RECYCLE if set].",
+)
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="USER",
+    help="Only look at this account's connections (repeatable); server-wide checks still apply.",
+)
+@click.option(
+    "--near-limit",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.8,
+    show_default=True,
+    help="Fraction of max_connections that is a finding.",
+)
+@click.option(
+    "--idle-after",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds idle before a connection counts as long-idle.",
+)
+@click.option(
+    "--idle-per-host",
+    "idle_per_group",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Long-idle connections from one account on one host that are a finding.",
+)
+@click.option(
+    "--idle-in-transaction-after",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds idle inside a transaction that are a finding.",
+)
+def doctor_command(
+    url: str | None,
+    as_json: bool,
+    pool_recycle: int | None,
+    users: tuple[str, ...],
+    near_limit: float,
+    idle_after: float,
+    idle_per_group: int,
+    idle_in_transaction_after: float,
+    **fleet_options: Any,
+) -> None:
+    """Diagnose a database server's connections: ranked findings with evidence and remedy.
+
+    URL defaults to DATABASE_URL. Reads the process list, status counters and connection
+    settings (MySQL / MariaDB or PostgreSQL) over one short, read-only connection, groups the
+    connections by user, host and state, and reports: connections near max_connections (with
+    the max_connections to set now and in my.cnf), long-idle piles from one host (a pool too
+    large, or a leak), transactions left idle, pool_recycle not below wait_timeout, and
+    applications using privileged accounts. Give fleet flags (--processes, --pool-size, ...)
+    to add the fleet budget.
+    """
+    url = url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise DoctorCommandError("no database URL: give one or set DATABASE_URL")
+    ctx = click.get_current_context()
+    given = {
+        name
+        for name in FLEET_OPTIONS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    fleet: FleetShape | None = None
+    settings: PoolSettings | None = None
+    try:
+        if given:
+            fleet = FleetShape(
+                hosts=fleet_options["hosts"],
+                processes_per_host=fleet_options["processes"],
+                worker_model=WorkerModel(fleet_options["worker_model"]),
+                concurrency=fleet_options["concurrency"],
+                connections_per_request=fleet_options["connections_per_request"],
+                consumers=fleet_options["consumers"],
+                connections_per_consumer=fleet_options["consumer_connections"],
+                other_clients=fleet_options["other_clients"],
+                reserved=fleet_options["reserved"],
+            )
+            changes = {
+                k: fleet_options[k]
+                for k in ("pool_size", "max_overflow")
+                if fleet_options[k] is not None
+            }
+            settings = PoolSettings.from_env().with_values(**changes)
+        thresholds = Thresholds(
+            near_limit=near_limit,
+            idle_after=idle_after,
+            idle_per_group=idle_per_group,
+            idle_in_transaction_after=idle_in_transaction_after,
+        )
+        report = doctor(
+            url,
+            thresholds=thresholds,
+            pool_recycle=pool_recycle,
+            fleet=fleet,
+            settings=settings,
+            users=users,
+        )
+    except InspectionError as exc:
+        raise DoctorCommandError(str(exc)) from None
+    except (SettingsError, ValueError) as exc:
+        raise DoctorCommandError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        render(report)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+for _param in budget_command.params:
+    if _param.name in FLEET_OPTIONS:
+        doctor_command.params.append(_param)
+
+
+def register(main: click.Group) -> None:
+    """Add ``doctor`` to the ``pooltender`` command group."""
+    main.add_command(doctor_command)
+
+
+__all__ = ["Severity", "doctor_command", "register"]
