@@ -26,6 +26,7 @@ services:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/pooltender lint .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
