@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/watch_overhead.py [--url URL] [--iterations 20000] [--repeat 5]
                                              [--block 500] [--level pool|engine|both]
+    .venv/bin/python bench/watch_overhead.py --breakdown    # no server needed
 
 One thread, one pooled connection (mysqlclient). Two levels: ``pool`` --
 ``engine.raw_connection()`` then ``close()``, the pool's checkout and checkin alone, including
@@ -12,6 +13,11 @@ configuration gets its own engine. A round runs
 drift on a shared machine hits every configuration alike; ``--repeat`` rounds. Reported per
 configuration: the best block (the least disturbed measurement, used for the ratio) and the
 median block, in microseconds per iteration, and the ratio to the bare pool.
+
+``--breakdown`` prints where the watch's time goes instead: the CPU time
+(``time.thread_time``, immune to the other processes of a shared machine) of each primitive
+operation the watched checkout + checkin performs, then of the whole watched and bare
+``raw_connection().close()`` on an in-memory SQLite engine (no round trip).
 
 Configurations:
   bare QueuePool                  create_engine(url)
@@ -25,19 +31,24 @@ Configurations:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
+import timeit
+from bisect import bisect_left
 from collections.abc import Callable
 
 import MySQLdb
 import sqlalchemy
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import QueuePool
 
 from pooltender.liveness import install_idle_ping
-from pooltender.watch import WatchedQueuePool, install_watch
+from pooltender.watch import _KEY, WatchedQueuePool, install_watch
 
 DEFAULT_URL = os.environ.get("TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/test")
 
@@ -105,6 +116,73 @@ def run_once(engine: Engine, iterations: int, level: str = "pool") -> float:
     return (time.perf_counter() - started) / iterations
 
 
+def breakdown(rounds: int = 300, block: int = 300) -> None:
+    """CPU ns of the watch's primitive operations and of the whole checkout + checkin."""
+    sqlite = create_engine("sqlite://", poolclass=WatchedQueuePool, pool_size=1, max_overflow=0)
+    hot = install_watch(sqlite)._hot
+    proxy = sqlite.raw_connection()
+    record = proxy._connection_record
+    proxy.close()
+    assert record is not None
+    env = {
+        "hot": hot,
+        "record": record,
+        "info": {},
+        "now": time.perf_counter_ns,
+        "_KEY": _KEY,
+        "bisect_left": bisect_left,
+        "count": itertools.count(),
+        "get_ident": threading.get_ident,
+    }
+
+    def cpu_ns(stmt: str, number: int = 200_000) -> float:
+        timer = timeit.Timer(stmt, globals=env, timer=time.thread_time)
+        return min(timer.repeat(repeat=7, number=number)) / number * 1e9
+
+    empty = cpu_ns("pass")
+    print("CPU ns per operation (timeit, thread_time, best of 7, loop overhead subtracted)")
+    ops = [
+        ("clock read (3 per checkout + checkin)", "now()"),
+        ("owner = threading.get_ident() (1)", "hot.owner()"),
+        ("lock acquire + release (2)", "hot.acquire(); hot.release()"),
+        ("slot counter += 1 (out, sums: 6)", "hot.out += 1"),
+        ("histogram bucket 0 += 1 (2)", "hot.wait_counts[0] += 1"),
+        ("histogram bisect_left (when above bucket 0)", "bisect_left(hot.hold_bounds, 3000000)"),
+        ("held-by-owner get/set + del (1)", "h = hot.held; h[1] = h.get(1, 0) + 1; del h[1]"),
+        (
+            "record_info entry set + get + del (1)",
+            "info[_KEY] = (1, 2, None); info[_KEY]; del info[_KEY]",
+        ),
+        ("record.record_info (3)", "record.record_info"),
+        ("itertools.count next (leak tracking only)", "next(count)"),
+    ]
+    width = max(len(name) for name, _ in ops)
+    for name, stmt in ops:
+        print(f"  {name:<{width}} {cpu_ns(stmt) - empty:7.1f}")
+    bare = create_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0)
+    unwatched = create_engine("sqlite://", poolclass=WatchedQueuePool, pool_size=1, max_overflow=0)
+    engines = [("bare QueuePool", bare), ("WatchedQueuePool, no watch", unwatched)]
+    engines.append(("WatchedQueuePool + install_watch", sqlite))
+    samples: dict[str, list[float]] = {name: [] for name, _ in engines}
+    for _ in range(rounds):
+        for name, engine in engines:
+            connect = engine.raw_connection
+            started = time.thread_time_ns()
+            for _ in range(block):
+                connect().close()
+            samples[name].append((time.thread_time_ns() - started) / block)
+    print(
+        f"\nCPU ns per raw_connection().close(), in-memory SQLite, best of {rounds} "
+        f"interleaved blocks of {block}:"
+    )
+    base = min(samples[engines[0][0]])
+    for name, _ in engines:
+        best = min(samples[name])
+        print(f"  {name:<32} {best:8.0f}  (+{best - base:5.0f})")
+    for engine in (bare, unwatched, sqlite):
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", default=DEFAULT_URL)
@@ -112,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--block", type=int, default=500)
     parser.add_argument("--level", choices=["pool", "engine", "both"], default="both")
+    parser.add_argument("--breakdown", action="store_true", help="CPU cost per operation")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        breakdown()
+        return 0
     blocks = max(1, args.iterations // args.block)
 
     engines = [(name, make(args.url)) for name, make in CONFIGS]

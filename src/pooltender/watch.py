@@ -27,7 +27,19 @@ The hot path -- checkout and checkin -- is where a choice was needed:
   having them makes SQLAlchemy take its slow checkout path (the pre-ping / retry loop) and
   dispatch two events per checkout + checkin, which by itself cost about as much as the
   watch's own bookkeeping when measured. The wait time and the checkout are recorded under
-  one lock acquisition. Figures: ``bench/watch_overhead.py``, ``docs/benchmarks.md``.
+  one lock acquisition, the checkin under another. Figures: ``bench/watch_overhead.py``
+  (``--breakdown`` prints the CPU cost of each operation), ``docs/benchmarks.md``.
+* The bookkeeping is written inline in those two steps (no method calls), on a ``__slots__``
+  object (``_Hot``) the pool holds directly; histogram values within the first bucket -- the
+  usual checkout wait, short holds -- are counted with one comparison instead of ``bisect``;
+  ``checkouts`` and ``checkins`` are not counted separately (``checkins`` is the hold-time
+  histogram's count, ``checkouts = checkins + checked_out``); ``connect()`` calls
+  ``_ConnectionFairy._checkout`` (what ``Pool.connect`` does) and ``_do_return_conn`` does
+  ``QueuePool``'s queue ``put`` itself, so the subclass adds no Python frame. A lock-free
+  variant (per-thread shards merged by :meth:`PoolWatch.stats`) was considered and not
+  built: the high-water mark and the per-owner counts must be exact under real threads,
+  which needs one atomic read-modify-write per step anyway, and the uncontended lock is
+  about 0.14 us of the ~2.4 us the watch costs (``--breakdown``).
 * On any other pool (an engine you did not create, SQLite's defaults) the watch falls back to
   the ``checkout`` / ``checkin`` events, feeding the same code; ``stats().wait_measured`` is
   False and the wait histogram and the timeout counter stay empty. Swapping ``engine.pool``
@@ -61,7 +73,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import event, exc
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionFairy
+from sqlalchemy.util import queue as sqla_queue
 
 from pooltender.leaks import (
     NO_TRACKING,
@@ -290,44 +304,169 @@ class PoolStats:
 
 # --------------------------------------------------------------------------- the pool class
 
+#: The checkout step proper. ``Pool.connect`` is exactly ``_ConnectionFairy._checkout(pool)``
+#: in SQLAlchemy 2.x; calling it directly saves ``WatchedQueuePool.connect`` one Python
+#: frame, so that overriding ``connect`` costs no frame at all. Should a SQLAlchemy
+#: version's ``QueuePool`` define its own ``connect``, that one is called instead.
+_pool_checkout: Callable[[QueuePool], PoolProxiedConnection] = (
+    _ConnectionFairy._checkout if QueuePool.connect is Pool.connect else QueuePool.connect
+)
+
+
+class _Hot:
+    """The state the checkout and checkin steps update, in slots (the cheapest attribute
+    access CPython has), all guarded by ``lock`` except ``seq`` (an ``itertools.count``,
+    atomic by itself). :class:`WatchedQueuePool` holds it directly; the watch owns it.
+
+    ``wait_first`` / ``hold_first`` are the first histogram bounds in ns: a value at or
+    below it (the usual checkout wait on a pool with idle connections, and any short hold)
+    is counted with one comparison instead of a ``bisect`` call.
+    """
+
+    __slots__ = (
+        "acquire",
+        "held",
+        "high",
+        "hold_bounds",
+        "hold_counts",
+        "hold_first",
+        "hold_total",
+        "lock",
+        "out",
+        "owner",
+        "release",
+        "report_second",
+        "seq",
+        "tracker",
+        "wait_bounds",
+        "wait_counts",
+        "wait_first",
+        "wait_total",
+        "watch",
+    )
+
+    def __init__(
+        self, watch: PoolWatch, owner: Callable[[], Hashable], report_second: bool
+    ) -> None:
+        self.watch = watch
+        self.lock = threading.Lock()
+        self.acquire = self.lock.acquire
+        self.release = self.lock.release
+        self.owner = owner
+        self.report_second = report_second
+        self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
+        self.seq = itertools.count(1)  # numbers tracked checkouts; atomic without the lock
+        self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
+        self.out = 0
+        self.high = 0
+        # histograms: counts per bucket (last = +Inf) and a sum in ns
+        self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
+        self.wait_first = self.wait_bounds[0]
+        self.wait_counts = [0] * (len(CHECKOUT_WAIT_BUCKETS) + 1)
+        self.wait_total = 0
+        self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
+        self.hold_first = self.hold_bounds[0]
+        self.hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
+        self.hold_total = 0
+
+    def checkins(self) -> int:
+        """Checkins so far: each one is an observation of the hold-time histogram. (Under
+        the lock; ``checkouts = out + checkins``, so neither is counted separately.)"""
+        return sum(self.hold_counts)
+
 
 class WatchedQueuePool(QueuePool):
     """``QueuePool`` whose checkout and return steps report to the watch (module docstring).
 
     Without an installed watch it behaves exactly as ``QueuePool`` (one attribute test).
+    The bookkeeping is written inline here, not called: on this path every Python call
+    and every attribute lookup shows in the benchmark.
     """
 
-    _pooltender_watch: PoolWatch | None = None
+    _pooltender_hot: _Hot | None = None
 
     def connect(self) -> PoolProxiedConnection:
-        watch = self._pooltender_watch
-        if watch is None:
+        hot = self._pooltender_hot
+        if hot is None:
             return QueuePool.connect(self)
         started = _now_ns()
         try:
-            proxy = QueuePool.connect(self)
+            proxy = _pool_checkout(self)
         except exc.TimeoutError:
-            watch._timed_out(_now_ns() - started)
+            hot.watch._timed_out(_now_ns() - started)
             raise
-        info = proxy.record_info
-        if info is not None:
-            watch._begin(info, proxy, _now_ns(), started)
+        now = _now_ns()
+        record = proxy._connection_record
+        if record is None:  # pragma: no cover - a fresh checkout always has its record
+            return proxy
+        owner = hot.owner()
+        waited = now - started
+        # same bookkeeping as PoolWatch._begin, inlined
+        hot.acquire()
+        try:
+            out = hot.out = hot.out + 1
+            if out > hot.high:
+                hot.high = out
+            held_by = hot.held
+            held = held_by[owner] = held_by.get(owner, 0) + 1
+            if waited <= hot.wait_first:
+                hot.wait_counts[0] += 1
+            else:
+                hot.wait_counts[bisect_left(hot.wait_bounds, waited)] += 1
+            hot.wait_total += waited
+        finally:
+            hot.release()
+        tracker = hot.tracker  # None when leak detection is off
+        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
+        # record_info belongs to this checkout alone until the caller gets the connection
+        record.record_info[_KEY] = (now, owner, tracked)
+        if held > 1 and hot.report_second:
+            hot.watch._second_checkout(owner, tracked, held)
         return proxy
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         # record the checkin *before* the record is back in the queue, where another thread
         # could check it out at once
-        watch = self._pooltender_watch
-        if watch is not None:
+        hot = self._pooltender_hot
+        if hot is not None:
             info = record.record_info
-            if info is not None:
-                watch._end(info, _now_ns())
-        QueuePool._do_return_conn(self, record)
+            if info is not None and _KEY in info:  # else checked out before the install
+                now = _now_ns()
+                started, owner, tracked = info[_KEY]
+                del info[_KEY]
+                held_for = now - started
+                # same bookkeeping as PoolWatch._end, inlined
+                hot.acquire()
+                try:
+                    hot.out -= 1
+                    if held_for <= hot.hold_first:
+                        hot.hold_counts[0] += 1
+                    else:
+                        hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
+                    hot.hold_total += held_for
+                    held_by = hot.held
+                    held = held_by[owner] - 1
+                    if held:
+                        held_by[owner] = held
+                    else:
+                        del held_by[owner]
+                finally:
+                    hot.release()
+                if tracked is not None:
+                    hot.watch._tracker.on_checkin(tracked, now)
+        # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
+        try:
+            self._pool.put(record, False)
+        except sqla_queue.Full:
+            try:
+                record.close()
+            finally:
+                self._dec_overflow()
 
     def recreate(self) -> WatchedQueuePool:
         # engine.dispose() replaces the pool with pool.recreate(); keep the watch attached.
         new = cast(WatchedQueuePool, super().recreate())
-        new._pooltender_watch = self._pooltender_watch
+        new._pooltender_hot = self._pooltender_hot
         return new
 
 
@@ -354,17 +493,9 @@ class PoolWatch:
     ) -> None:
         self._engine_ref = weakref.ref(engine)
         self._name = engine.url.render_as_string(hide_password=True)
-        self._lock = threading.Lock()
-        self._acquire = self._lock.acquire
-        self._release = self._lock.release
+        self._hot = hot = _Hot(self, owner, report_second_checkouts)
+        self._lock = hot.lock
         self._owner = owner
-        self._report_second = report_second_checkouts
-        self._held: dict[Hashable, int] = {}  # owner -> connections it holds now
-        self._seq_counter = itertools.count(1)  # numbers checkouts; atomic without the lock
-        self._checkouts = 0
-        self._checkins = 0
-        self._out = 0
-        self._high = 0
         self._detaches = 0
         self._connects = 0
         self._closes = 0
@@ -379,13 +510,6 @@ class PoolWatch:
         self._gc_returns = 0
         self._installed = self._since = time.monotonic()
         self._checkouts_at_reset = 0
-        # histograms: counts per bucket (last = +Inf) and sum, kept flat for the hot path
-        self._wait_bounds_ns = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
-        self._wait_counts = [0] * (len(CHECKOUT_WAIT_BUCKETS) + 1)
-        self._wait_total_ns = 0
-        self._hold_bounds_ns = _bounds_ns(HOLD_TIME_BUCKETS)
-        self._hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
-        self._hold_total_ns = 0
         self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
         self._second_sites: set[str] = set()
         self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
@@ -428,9 +552,10 @@ class PoolWatch:
                 name=self._name,
             )
             new.adopt(old)
-            self._tracker = new
+            self._tracker = self._hot.tracker = new
         else:
             self._tracker = NO_TRACKING
+            self._hot.tracker = None
         self._leak_threshold = threshold
         self._capture_stacks = stacks
         old.stop()
@@ -445,7 +570,7 @@ class PoolWatch:
         ]
         pool = engine.pool
         if isinstance(pool, WatchedQueuePool):
-            pool._pooltender_watch = self
+            pool._pooltender_hot = self._hot
         else:
             listeners += [("checkout", self._on_checkout), ("checkin", self._on_checkin)]
         for name, fn in listeners:
@@ -459,77 +584,68 @@ class PoolWatch:
             for name, fn in self._listeners:
                 event.remove(engine, name, fn)
             pool = engine.pool
-            if isinstance(pool, WatchedQueuePool) and pool._pooltender_watch is self:
-                pool._pooltender_watch = None
+            if isinstance(pool, WatchedQueuePool) and pool._pooltender_hot is self._hot:
+                pool._pooltender_hot = None
             with _REGISTRY_LOCK:
                 if _WATCHES.get(engine) is self:
                     del _WATCHES[engine]
         self._listeners = []
         self._tracker.stop()
         self._tracker = NO_TRACKING
+        self._hot.tracker = None
 
     def reset_high_water(self) -> None:
         """Start the high-water mark again from the connections checked out now."""
+        hot = self._hot
         with self._lock:
-            self._high = self._out
+            hot.high = hot.out
 
     def reset(self) -> None:
         """Restart the rate window (``checkouts_per_second``) and the high-water mark."""
+        hot = self._hot
         with self._lock:
             self._since = time.monotonic()
-            self._checkouts_at_reset = self._checkouts
-            self._high = self._out
+            self._checkouts_at_reset = hot.out + hot.checkins()
+            hot.high = hot.out
 
     # ---- hot path: checkout / checkin -----------------------------------------------------
 
-    def _begin(
-        self, info: dict[Any, Any], proxy: PoolProxiedConnection, now: int, started: int
-    ) -> None:
-        """A checkout completed at ``now``; ``started`` is when the caller began waiting
-        (equal to ``now`` when the wait is not measured). The hot path: one short lock."""
-        owner = self._owner()
-        waited = now - started
-        self._acquire()
-        try:
-            seq = self._checkouts = self._checkouts + 1
-            out = self._out = self._out + 1
-            if out > self._high:
-                self._high = out
-            held_by = self._held
-            held = held_by[owner] = held_by.get(owner, 0) + 1
-            if waited:
-                self._wait_counts[bisect_left(self._wait_bounds_ns, waited)] += 1
-                self._wait_total_ns += waited
-        finally:
-            self._release()
-        # info belongs to this checkout alone until the caller gets the connection
-        tracked = self._tracker.on_checkout(seq, now, owner, proxy)  # None if tracking is off
+    def _begin(self, info: dict[Any, Any], proxy: PoolProxiedConnection, now: int) -> None:
+        """A checkout seen through the ``checkout`` event completed at ``now`` (no wait
+        measured). :meth:`WatchedQueuePool.connect` does the same inline, plus the wait."""
+        hot = self._hot
+        owner = hot.owner()
+        with hot.lock:
+            out = hot.out = hot.out + 1
+            if out > hot.high:
+                hot.high = out
+            held = hot.held[owner] = hot.held.get(owner, 0) + 1
+        tracker = hot.tracker
+        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
         info[_KEY] = (now, owner, tracked)
-        if held > 1 and self._report_second:
+        if held > 1 and hot.report_second:
             self._second_checkout(owner, tracked, held)
 
     def _end(self, info: dict[Any, Any], now: int) -> None:
-        """The checkout recorded in ``info`` ended at ``now`` (checkin or detach)."""
+        """The checkout recorded in ``info`` ended at ``now`` (checkin or detach).
+        :meth:`WatchedQueuePool._do_return_conn` does the same inline."""
         entry = info.pop(_KEY, None)  # still ours: the record is not back in the queue yet
         if entry is None:
             return
         started, owner, tracked = entry
         held_for = now - started
-        self._acquire()
-        try:
-            self._checkins += 1
-            self._out -= 1
-            self._hold_counts[bisect_left(self._hold_bounds_ns, held_for)] += 1
-            self._hold_total_ns += held_for
-            held_by = self._held
-            held = held_by[owner] - 1
+        hot = self._hot
+        with hot.lock:
+            hot.out -= 1
+            hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
+            hot.hold_total += held_for
+            held = hot.held[owner] - 1
             if held:
-                held_by[owner] = held
+                hot.held[owner] = held
             else:
-                del held_by[owner]
-        finally:
-            self._release()
-        self._tracker.on_checkin(tracked, now)
+                del hot.held[owner]
+        if tracked is not None:
+            self._tracker.on_checkin(tracked, now)
 
     def _on_checkout(
         self,
@@ -539,8 +655,7 @@ class PoolWatch:
     ) -> None:
         info = record.record_info
         if info is not None and _KEY not in info:  # not a retry of the same checkout
-            now = _now_ns()
-            self._begin(info, proxy, now, now)
+            self._begin(info, proxy, _now_ns())
 
     def _on_checkin(self, dbapi_connection: DBAPIConnection | None, record: Any) -> None:
         info = record.record_info
@@ -586,10 +701,11 @@ class PoolWatch:
                 self._recycles += 1
 
     def _timed_out(self, ns: int) -> None:
+        hot = self._hot
         with self._lock:
             self._timeouts += 1
-            self._wait_counts[bisect_left(self._wait_bounds_ns, ns)] += 1
-            self._wait_total_ns += ns
+            hot.wait_counts[bisect_left(hot.wait_bounds, ns)] += 1
+            hot.wait_total += ns
 
     def _second_checkout(self, owner: Hashable, tracked: TrackedCheckout | None, held: int) -> None:
         others = [
@@ -654,7 +770,7 @@ class PoolWatch:
 
     def next_seq(self) -> int:
         """A checkout number no earlier checkout has and every later one exceeds."""
-        return next(self._seq_counter)
+        return next(self._hot.seq)
 
     def open_checkouts(self) -> tuple[OpenCheckout, ...]:
         """Connections checked out now with their stacks, oldest first.
@@ -674,7 +790,7 @@ class PoolWatch:
         A request teardown uses it as a safety net: after Flask-SQLAlchemy removed the
         session, anything still held was checked out outside the scoped session.
         """
-        return self._held.get(self._owner(), 0)
+        return self._hot.held.get(self._owner(), 0)
 
     def open_checkouts_of_current_owner(self) -> tuple[OpenCheckout, ...]:
         """The calling owner's open checkouts with their stacks (when stacks are captured)."""
@@ -696,18 +812,20 @@ class PoolWatch:
         engine = self._engine_ref()
         pool: Any = engine.pool if engine is not None else None
         is_queue = isinstance(pool, QueuePool)
+        hot = self._hot
         with self._lock:
             now = time.monotonic()
+            checkins = hot.checkins()
             return PoolStats(
                 pool_class=type(pool).__name__,
                 pool_size=pool.size() if is_queue else None,
                 max_overflow=pool._max_overflow if is_queue else None,
-                checked_out=self._out,
+                checked_out=hot.out,
                 idle=pool.checkedin() if is_queue else None,
                 overflow_in_use=max(0, pool.overflow()) if is_queue else None,
-                high_water_checked_out=self._high,
-                checkouts=self._checkouts,
-                checkins=self._checkins,
+                high_water_checked_out=hot.high,
+                checkouts=hot.out + checkins,
+                checkins=checkins,
                 detaches=self._detaches,
                 connects=self._connects,
                 closes=self._closes,
@@ -717,10 +835,8 @@ class PoolWatch:
                 recycles=self._recycles,
                 checkout_timeouts=self._timeouts,
                 wait_measured=isinstance(pool, WatchedQueuePool),
-                checkout_wait=_snapshot(
-                    CHECKOUT_WAIT_BUCKETS, self._wait_counts, self._wait_total_ns
-                ),
-                hold_time=_snapshot(HOLD_TIME_BUCKETS, self._hold_counts, self._hold_total_ns),
+                checkout_wait=_snapshot(CHECKOUT_WAIT_BUCKETS, hot.wait_counts, hot.wait_total),
+                hold_time=_snapshot(HOLD_TIME_BUCKETS, hot.hold_counts, hot.hold_total),
                 second_checkouts=self._second,
                 second_checkout_reports=tuple(self._second_reports),
                 leak_threshold=self._leak_threshold,
@@ -731,7 +847,7 @@ class PoolWatch:
                 gc_return_reports=tuple(self._gc_reports),
                 uptime_seconds=now - self._installed,
                 window_seconds=now - self._since,
-                window_checkouts=self._checkouts - self._checkouts_at_reset,
+                window_checkouts=hot.out + checkins - self._checkouts_at_reset,
             )
 
 

@@ -57,7 +57,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def maria_engine() -> Iterator[Engine]:
     engine = create_engine(
-        mariadb_url(), poolclass=WatchedQueuePool, pool_size=4, max_overflow=2, pool_timeout=5
+        mariadb_url(), poolclass=WatchedQueuePool, pool_size=4, max_overflow=2, pool_timeout=60
     )
     yield engine
     watch = watch_of(engine)
@@ -372,3 +372,44 @@ def test_mariadb_leak_and_second_session_are_reported_with_file_and_line(
     assert stats.second_checkouts == 1
     assert stats.second_checkout_reports[0].where == f"{__file__}:{line_of('# mariadb-second')}"
     assert stats.checked_out == 0
+
+
+# ---------------------------------------------------------------------------- hot path edges
+
+
+def test_checkout_open_before_install_is_ignored_at_checkin(sqlite_engine: Engine) -> None:
+    early = sqlite_engine.connect()
+    watch = install_watch(sqlite_engine)
+    with sqlite_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    early.close()  # not seen checked out: must not count as a checkin
+    stats = watch.stats()
+    assert (stats.checkouts, stats.checkins, stats.checked_out) == (1, 1, 0)
+    assert stats.hold_time.count == 1
+    assert watch.held_by_current_owner() == 0
+
+
+def test_tracked_checkouts_are_numbered_after_next_seq(sqlite_engine: Engine) -> None:
+    watch = install_watch(sqlite_engine, capture_stacks=True)
+    for _ in range(3):
+        sqlite_engine.connect().close()
+    first = watch.next_seq()
+    conn = sqlite_engine.connect()
+    (open_checkout,) = watch.open_checkouts()
+    assert open_checkout.seq > first
+    conn.close()
+
+
+def test_overflow_connection_returned_to_a_full_pool_is_closed(tmp_path: Path) -> None:
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'o.db'}", poolclass=WatchedQueuePool, pool_size=1, max_overflow=1
+    )
+    watch = install_watch(engine, report_second_checkouts=False)
+    first, second = engine.connect(), engine.connect()
+    first.close()
+    second.close()  # the queue holds one: this one is closed, the overflow slot freed
+    stats = watch.stats()
+    assert (stats.checked_out, stats.idle, stats.overflow_in_use, stats.closes) == (0, 1, 0, 1)
+    assert stats.checkins == stats.checkouts == 2
+    watch.remove()
+    engine.dispose()
