@@ -68,12 +68,3 @@ def settings_of(app: Flask) -> Settings:
     """The :class:`Settings` an app was built with."""
     settings: Settings = app.extensions["coupons.settings"]
     return settings
-
-
-def dispose_engines_after_fork(app: Flask | None) -> None:
-    """In a freshly forked worker, forget connections the parent process opened."""
-    if app is None:
-        return
-    with app.app_context():
-        for engine in db.engines.values():
-            engine.dispose(close=False)

@@ -22,9 +22,10 @@ timeout = 60
 def post_fork(server: Any, worker: Any) -> None:
     """Drop pooled connections inherited from the master (when the app was preloaded).
 
-    A connection shared by two processes interleaves their packets; ``dispose(close=False)``
-    forgets the parent's connections without closing them under the parent.
+    A connection shared by two processes interleaves their packets; pooltender's hook calls
+    ``dispose(close=False)`` on every engine its extension built, forgetting the parent's
+    connections without closing them under the parent.
     """
-    from coupons.app import dispose_engines_after_fork
+    from pooltender.hooks import gunicorn_post_fork
 
-    dispose_engines_after_fork(getattr(worker, "wsgi", None))
+    gunicorn_post_fork(server, worker)
