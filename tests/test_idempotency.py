@@ -244,6 +244,33 @@ def test_a_key_in_flight_is_409(
     assert use_count(app) == 0
 
 
+def test_an_abandoned_claim_is_taken_over_after_the_lease(
+    client: FlaskClient, service: Headers, code: str, app: Flask, rows: Callable[[Any], int]
+) -> None:
+    # a worker claimed the key and died before its effect committed (no stored response)
+    token = service["Authorization"].removeprefix("Bearer ")
+    principal = decode_access_token(token, app.config["SECRET_KEY"])
+    claimed_at = utcnow() - idempotency.IN_PROGRESS_LEASE - dt.timedelta(seconds=1)
+    with app.app_context():
+        claimed = idempotency.claim(
+            user_id=principal.user_id,
+            key="orphan",
+            endpoint=f"POST {API}/redemptions",
+            request_hash=idempotency.request_fingerprint(body()),
+            ttl=3600,
+            now=claimed_at,
+        )
+        db.session.remove()
+    assert isinstance(claimed, idempotency.Claim)
+    response = client.post(f"{API}/redemptions", json=body(), headers=keyed(service, "orphan"))
+    assert response.status_code == 201
+    assert rows(Redemption) == 1
+    assert use_count(app) == 1
+    replay = client.post(f"{API}/redemptions", json=body(), headers=keyed(service, "orphan"))
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert rows(Redemption) == 1
+
+
 @pytest.mark.parametrize(("key", "error"), [("k" * 256, "idempotency_key_too_long"), ("  ", None)])
 def test_bad_keys_are_400(
     client: FlaskClient,

@@ -67,6 +67,10 @@ class Replay:
     response: StoredResponse
 
 
+#: How long a claimed key may stay "in progress" before a retry may take it over.
+IN_PROGRESS_LEASE: Final = dt.timedelta(seconds=120)
+
+
 def check_key(key: str) -> str:
     """The key as sent, or :class:`BadRequest` when it is blank or longer than 255 chars."""
     if not key.strip():
@@ -159,6 +163,18 @@ def claim(
                     "use a new key for a new request",
                     code="idempotency_key_reused",
                 )
+            if row.response_status is None and row.created_at <= now - IN_PROGRESS_LEASE:
+                # The claimer is gone (gunicorn kills a worker after 60 s). Its effect and its
+                # stored response commit in one transaction, so no response means no effect:
+                # taking the key over cannot apply the request twice.
+                db.session.execute(
+                    delete(IdempotencyKey).where(
+                        IdempotencyKey.id == row.id,
+                        IdempotencyKey.response_status.is_(None),
+                        IdempotencyKey.created_at <= now - IN_PROGRESS_LEASE,
+                    )
+                )
+                return None
             if row.response_status is None or row.response_body is None:
                 raise Conflict(
                     "a request with this Idempotency-Key is still in progress; retry later",
