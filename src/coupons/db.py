@@ -13,21 +13,15 @@ meets under real concurrency on MariaDB and PostgreSQL.
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 
-from pooltender.session import is_retryable_conflict
-
-log = logging.getLogger(__name__)
+from pooltender.session import retry_transaction
 
 T = TypeVar("T")
 
@@ -39,18 +33,13 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """True when the database aborted the transaction and running it again is safe:
-    MySQL/MariaDB 1213 deadlock, 1205 lock wait timeout, 1020 snapshot conflict (11.6+);
-    PostgreSQL 40001 / 40P01; SQLite "database is locked" once busy_timeout has passed."""
-    return is_retryable_conflict(exc)
-
-
 def transaction(fn: Callable[[], T], *, attempts: int = 5) -> T:
     """Run ``fn`` in one transaction of ``db.session``; commit, or roll back and re-raise.
 
-    ``fn`` is called again (up to ``attempts`` times, with jittered backoff) when the
-    database aborted the transaction as a deadlock victim or a serialization failure; any
+    ``fn`` is called again (up to ``attempts`` times, with jittered backoff, through
+    :func:`pooltender.session.retry_transaction`) when the database aborted the transaction
+    as a deadlock victim or a serialization failure (MySQL 1213/1205/1020, PostgreSQL
+    40001/40P01, SQLite "database is locked"); any
     other exception rolls back and propagates unchanged. ``fn`` must not have effects
     outside the database, since it may run more than once.
 
@@ -65,18 +54,12 @@ def transaction(fn: Callable[[], T], *, attempts: int = 5) -> T:
                 "commit them first or make them inside the transaction"
             )
         session.rollback()  # a read-only transaction left by an earlier read: end it
-    for attempt in range(1, attempts + 1):
-        try:
-            with session.begin():
-                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-                return fn()
-        except DBAPIError as exc:
-            if attempt == attempts or not is_retryable(exc):
-                raise
-            delay = min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.5)
-            log.info("transaction aborted by the database (%s); retry %d", exc.orig, attempt)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def attempt(current: Session) -> T:
+        current.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        return fn()
+
+    return retry_transaction(session, attempt, attempts, backoff=0.02, max_backoff=0.5)
 
 
 def install_sqlite_hooks(engine: Engine) -> None:
