@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, g, jsonify
 from sqlalchemy.engine import Engine, make_url
 
 from pooltender.budget import (
@@ -64,8 +64,8 @@ from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
 from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, SettingsProblem
-from pooltender.shedding import PoolExhausted, SheddingQueuePool, shed_after
-from pooltender.watch import PoolStats, PoolWatch, install_watch
+from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
+from pooltender.watch import PoolStats, PoolWatch, install_watch, watch_of
 
 __all__ = ["EXTENSION_KEYS", "Pooltender", "settings_from_config", "shape_from_config"]
 
@@ -161,8 +161,6 @@ class _State:
     mirror: MultiprocessMirror | None = None
 
     def watches(self) -> dict[str, PoolWatch]:
-        from pooltender.watch import watch_of
-
         out: dict[str, PoolWatch] = {}
         for key, engine in self.db.engines.items():
             watch = watch_of(engine)
@@ -297,18 +295,12 @@ class Pooltender:
         return state
 
     def _before_request(self) -> None:
-        from flask import g
-
-        state = self._state()
-        g._pooltender_shed = shed_after(state.settings.shed_wait)
-        g._pooltender_shed.__enter__()
+        g._pooltender_shed_token = begin_shed_wait(self._state().settings.shed_wait)
 
     def _teardown_request(self, _exc: BaseException | None) -> None:
-        from flask import g
-
-        shed = g.pop("_pooltender_shed", None)
-        if shed is not None:
-            shed.__exit__(None, None, None)
+        token = g.pop("_pooltender_shed_token", None)
+        if token is not None:
+            end_shed_wait(token)
 
     def _shed_response(self, error: PoolExhausted) -> Response:
         state = self._state()

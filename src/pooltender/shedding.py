@@ -24,7 +24,14 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from pooltender.watch import WatchedQueuePool
 
-__all__ = ["PoolExhausted", "SheddingQueuePool", "current_shed_wait", "shed_after"]
+__all__ = [
+    "PoolExhausted",
+    "SheddingQueuePool",
+    "begin_shed_wait",
+    "current_shed_wait",
+    "end_shed_wait",
+    "shed_after",
+]
 
 _shed_wait: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pooltender_shed_wait", default=None
@@ -59,14 +66,25 @@ def current_shed_wait() -> float | None:
     return _shed_wait.get()
 
 
+def begin_shed_wait(seconds: float | None) -> contextvars.Token[float | None]:
+    """From now on in this context, a checkout waits at most ``seconds``; pass the returned
+    token to :func:`end_shed_wait` (for hooks that cannot wrap a ``with`` block)."""
+    return _shed_wait.set(seconds)
+
+
+def end_shed_wait(token: contextvars.Token[float | None]) -> None:
+    """Undo the matching :func:`begin_shed_wait`."""
+    _shed_wait.reset(token)
+
+
 @contextmanager
 def shed_after(seconds: float | None) -> Iterator[None]:
     """Within the block, a checkout waits at most ``seconds`` (None: the pool's timeout)."""
-    token = _shed_wait.set(seconds)
+    token = begin_shed_wait(seconds)
     try:
         yield
     finally:
-        _shed_wait.reset(token)
+        end_shed_wait(token)
 
 
 class SheddingQueuePool(WatchedQueuePool):
