@@ -71,9 +71,7 @@ def scraped_sample_names(tmp_path: Path) -> set[str]:
     with app.app_context():
         db.engine.dispose()
     return {
-        sample.name
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
+        sample.name for family in text_string_to_metric_families(body) for sample in family.samples
     }
 
 
@@ -103,7 +101,8 @@ def test_every_named_metric_exists(tmp_path: Path) -> None:
 
 def test_dashboard_is_grafana_shaped() -> None:
     document = json.loads(DASHBOARD.read_text())
-    assert document["uid"] and document["title"]
+    assert document["uid"]
+    assert document["title"]
     ids = [panel["id"] for panel in document["panels"]]
     assert len(ids) == len(set(ids))
     for panel in document["panels"]:
