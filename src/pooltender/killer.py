@@ -41,10 +41,9 @@ from pooltender.server import (
     ServerConnection,
     ServerSnapshot,
     connect_for_inspection,
-    mask_url,
-    scrub,
     take_snapshot,
 )
+from pooltender.text import first_line, mask_url, scrub
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,9 +168,9 @@ def kill_idle(
     except InspectionError:
         raise
     except DBAPIError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc, with_type=False)
         raise InspectionError(
-            f"cannot inspect {shown}: {scrub(message, raw_url) if raw_url else message}",
+            f"cannot inspect {shown}: {scrub(message, raw_url)}",
             url=shown,
         ) from None
     finally:
@@ -245,8 +244,7 @@ def _kill(
         return None
     except DBAPIError as exc:
         connection.rollback()
-        lines = str(exc.orig).strip().splitlines()
-        return lines[0] if lines else type(exc.orig).__name__
+        return first_line(exc.orig if exc.orig is not None else exc, with_type=False)
 
 
 def wait_until_gone(engine: Engine, ids: tuple[int, ...], timeout: float = 5.0) -> bool:

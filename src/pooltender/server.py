@@ -52,6 +52,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.text import first_line, mask_url, scrub
 
 QUERY_CHARS = 200
 """Queries are truncated to this many characters."""
@@ -271,28 +272,6 @@ class ServerSnapshot:
         }
 
 
-# ---------------------------------------------------------------------- masking
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (pooltender.cli.budget's helper)."""
-    from pooltender.cli.budget import mask_url as _mask
-
-    return _mask(url)
-
-
-def scrub(message: str, url: str) -> str:
-    """``message`` with ``url`` masked and its password removed wherever it appears."""
-    from pooltender.cli.budget import _scrub
-
-    return _scrub(message, url)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 def _connect_args(url: str) -> dict[str, Any]:
     driver = make_url(url).get_driver_name()
     if driver in ("mysqldb", "pymysql", "mariadbconnector", "mysqlconnector"):
@@ -312,7 +291,7 @@ def connect_for_inspection(url: str) -> Engine:
         return create_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
     except Exception as exc:  # bad URL, unknown or missing driver
         raise InspectionError(
-            f"cannot use {mask_url(url)}: {scrub(_first_line(exc), url)}", url=mask_url(url)
+            f"cannot use {mask_url(url)}: {scrub(first_line(exc), url)}", url=mask_url(url)
         ) from None
 
 
@@ -349,7 +328,7 @@ def take_snapshot(bind: Engine | Connection, *, url: str | None = None) -> Serve
         raise
     except (DBAPIError, OSError) as exc:
         raise InspectionError(
-            f"cannot inspect {shown}: {scrub(_first_line(exc), raw_url)}", url=shown
+            f"cannot inspect {shown}: {scrub(first_line(exc), raw_url)}", url=shown
         ) from None
 
 
@@ -476,7 +455,7 @@ def _take_mysql(connection: Connection, shown_url: str) -> ServerSnapshot:
         privileged_users = frozenset(str(g[0]).split("@", 1)[0].strip("'`") for g in grantees)
     except DBAPIError as exc:
         connection.rollback()
-        unreadable["privileged_users"] = f"USER_PRIVILEGES: {_first_line(exc)}"
+        unreadable["privileged_users"] = f"USER_PRIVILEGES: {first_line(exc)}"
 
     memory: int | None = None
     if all(name in variables for name in MYSQL_SESSION_BUFFERS):
@@ -554,7 +533,7 @@ def _mysql_privileges(connection: Connection, current_user: str) -> tuple[bool |
         grants = [str(r[0]) for r in connection.execute(text("SHOW GRANTS"))]
     except DBAPIError as exc:
         connection.rollback()
-        return None, f"SHOW GRANTS failed: {_first_line(exc)}"
+        return None, f"SHOW GRANTS failed: {first_line(exc)}"
     for grant in grants:
         head = grant.upper().split(" TO ", 1)[0]
         if " ON *.*" not in head:

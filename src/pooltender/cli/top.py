@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from pooltender.cli.budget import _scrub, mask_url
+from pooltender.text import first_line, mask_url, scrub
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -49,11 +49,6 @@ class TopError(click.ClickException):
     """A usage or connection problem; its message never contains a password."""
 
     exit_code = EXIT_ERROR
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 def sort_connections(connections: Sequence[ServerConnection], sort: str) -> list[ServerConnection]:
@@ -268,8 +263,8 @@ def _problem(what: str, exc: BaseException, url: str) -> str:
     from pooltender.server import InspectionError
 
     if isinstance(exc, InspectionError):
-        return _scrub(str(exc).strip().splitlines()[0], url)
-    return f"{what} {mask_url(url)}: {_scrub(_first_line(exc), url)}"
+        return scrub(first_line(exc, with_type=False), url)
+    return f"{what} {mask_url(url)}: {scrub(first_line(exc), url)}"
 
 
 def run_plain(
