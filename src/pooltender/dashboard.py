@@ -43,7 +43,7 @@ from pooltender.text import first_line
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from pooltender.server import ServerSnapshot
+    from pooltender.server.snapshot import ServerSnapshot
     from pooltender.stats import PoolStats
 
 __all__ = [
@@ -109,15 +109,15 @@ def inspection_snapshots(engine: Callable[[], Engine], *, ttl: float = 1.0) -> S
     """Snapshots of the server behind ``engine()``, at most one per ``ttl`` seconds.
 
     They are taken over a separate inspection engine (no pool, short connect timeout; see
-    :func:`pooltender.server.connect_for_inspection`), built on first use from ``engine()``'s
-    URL: not through the app's pool, so the dashboard still answers when that pool is
+    :func:`pooltender.server.snapshot.connect_for_inspection`), built on first use from
+    ``engine()``'s URL: not through the app's pool, so the dashboard still answers when that pool is
     exhausted, and its own connection never shows as one of the app's checkouts.
     ``engine`` is called lazily (inside a request, where ``db.engine`` is available).
     """
     inspector: list[Engine] = []
 
     def take() -> ServerSnapshot:
-        from pooltender.server import connect_for_inspection, take_snapshot
+        from pooltender.server.snapshot import connect_for_inspection, take_snapshot
 
         if not inspector:  # SnapshotCache's lock serializes the calls
             url = engine().url.render_as_string(hide_password=False)
@@ -191,7 +191,7 @@ def register_dashboard(
     """Mount the dashboard on ``app`` under ``path``; return the blueprint registered.
 
     ``pool_stats`` returns engine name -> :class:`~pooltender.stats.PoolStats` (this
-    process's pools); ``snapshot`` returns a :class:`~pooltender.server.ServerSnapshot` or
+    process's pools); ``snapshot`` returns a :class:`~pooltender.server.snapshot.ServerSnapshot` or
     None (wrap it in :class:`SnapshotCache`; an exception is shown on the page, not raised).
     ``protect`` runs before every dashboard request (raise or ``abort(403)`` to refuse);
     ``interval`` is the page's polling period in seconds and ``history`` how many polls the

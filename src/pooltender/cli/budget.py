@@ -22,7 +22,7 @@ from pooltender.budget import (
     WorkerModel,
     recommend_pool,
 )
-from pooltender.limits import Backend, ServerLimits
+from pooltender.server.limits import Backend, ServerLimits
 from pooltender.settings import PoolSettings, SettingsError
 from pooltender.text import first_line, scrub
 from pooltender.text import mask_url as mask_url  # re-exported: the old home of mask_url
@@ -70,7 +70,7 @@ def read_limits_from_url(url: str) -> ServerLimits:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from pooltender.limits import read_server_limits
+    from pooltender.server.limits import read_server_limits
 
     try:
         engine = create_engine(url, poolclass=NullPool)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from sqlalchemy.engine import Engine
 
-    from pooltender.server import ServerConnection, ServerSnapshot
+    from pooltender.server.snapshot import ServerConnection, ServerSnapshot
 
 EXIT_OK, EXIT_ERROR = 0, 2
 SORTS = ("time", "user", "host", "state")
@@ -241,7 +241,7 @@ def _cbreak(stream: IO[str]) -> Iterator[Callable[[float], str | None]]:
 
 def connect(url: str) -> Engine:
     """The inspection engine for ``url`` (checked with one snapshot); errors masked, exit 2."""
-    from pooltender.server import connect_for_inspection
+    from pooltender.server.snapshot import connect_for_inspection
 
     try:
         return connect_for_inspection(url)
@@ -250,7 +250,7 @@ def connect(url: str) -> Engine:
 
 
 def snapshot_of(engine: Engine, url: str) -> ServerSnapshot:
-    from pooltender.server import take_snapshot
+    from pooltender.server.snapshot import take_snapshot
 
     try:
         return take_snapshot(engine, url=url)
@@ -260,7 +260,7 @@ def snapshot_of(engine: Engine, url: str) -> ServerSnapshot:
 
 def _problem(what: str, exc: BaseException, url: str) -> str:
     """A one-line, password-free message (InspectionError's own is masked already)."""
-    from pooltender.server import InspectionError
+    from pooltender.server.snapshot import InspectionError
 
     if isinstance(exc, InspectionError):
         return scrub(first_line(exc, with_type=False), url)

@@ -12,7 +12,7 @@
   backend type, state_change, xact_start, query, wait event) and ``pg_settings``
   (max_connections, superuser_reserved_connections, idle_in_transaction_session_timeout, ...).
 
-The server's limits come from :func:`pooltender.limits.read_server_limits` (one definition
+The server's limits come from :func:`pooltender.server.limits.read_server_limits` (one definition
 of what "reserved" means per server).
 
 **State.** Every connection gets a normalized ``state``: ``"idle"`` (MySQL ``Sleep`` with no
@@ -51,8 +51,34 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.server._sql import name_value_pairs
+from pooltender.server.limits import ServerLimits, read_server_limits
 from pooltender.text import first_line, mask_url, scrub
+
+__all__ = [
+    "ACTIVE",
+    "CLIENT",
+    "CONNECT_TIMEOUT",
+    "IDLE",
+    "IDLE_IN_TRANSACTION",
+    "IDLE_IN_TRANSACTION_ABORTED",
+    "MYSQL_SESSION_BUFFERS",
+    "MYSQL_STATUS",
+    "MYSQL_VARIABLES",
+    "PG_SETTINGS",
+    "QUERY_CHARS",
+    "REPLICATION",
+    "SYSTEM",
+    "SYSTEM_KIND",
+    "InspectionError",
+    "ServerConnection",
+    "ServerSnapshot",
+    "connect_for_inspection",
+    "inspect_url",
+    "mask_url",
+    "scrub",
+    "take_snapshot",
+]
 
 QUERY_CHARS = 200
 """Queries are truncated to this many characters."""
@@ -341,11 +367,6 @@ def _take(connection: Connection, shown_url: str) -> ServerSnapshot:
     raise InspectionError(f"pooltender cannot inspect a {name!r} server ({shown_url})")
 
 
-def _pairs(connection: Connection, sql: str, names: Iterable[str]) -> dict[str, str]:
-    statement = text(sql).bindparams(bindparam("names", list(names), expanding=True))
-    return {str(row[0]): str(row[1]) for row in connection.execute(statement)}
-
-
 def _floats(values: Mapping[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in values.items():
@@ -390,11 +411,13 @@ def _take_mysql(connection: Connection, shown_url: str) -> ServerSnapshot:
     unreadable: dict[str, str] = {}
     notes: list[str] = []
     limits = read_server_limits(connection)
-    variables = _pairs(
+    variables = name_value_pairs(
         connection, "SHOW GLOBAL VARIABLES WHERE Variable_name IN :names", MYSQL_VARIABLES
     )
     status = _floats(
-        _pairs(connection, "SHOW GLOBAL STATUS WHERE Variable_name IN :names", MYSQL_STATUS)
+        name_value_pairs(
+            connection, "SHOW GLOBAL STATUS WHERE Variable_name IN :names", MYSQL_STATUS
+        )
     )
     self_id, current_user = connection.execute(text("SELECT CONNECTION_ID(), CURRENT_USER()")).one()
     mariadb = "mariadb" in limits.server_version.lower()
@@ -560,7 +583,7 @@ FROM pg_stat_activity
 def _take_postgresql(connection: Connection, shown_url: str) -> ServerSnapshot:
     unreadable: dict[str, str] = {}
     limits = read_server_limits(connection)
-    variables = _pairs(
+    variables = name_value_pairs(
         connection, "SELECT name, setting FROM pg_settings WHERE name IN :names", PG_SETTINGS
     )
     current_user, privileged, can_read_all = connection.execute(
