@@ -120,6 +120,9 @@ __all__ = [
 logger = logging.getLogger("pooltender.watch")
 
 _now_ns = time.perf_counter_ns
+#: How many distinct second-checkout call sites a watch remembers (each logged once); past
+#: it, one summary line is logged and new sites are only counted.
+MAX_SECOND_CHECKOUT_SITES: Final = 1000
 #: ``record_info`` key of the open checkout: (started ns, owner, seq, tracked or None).
 _KEY: Final = "pooltender.watch"
 
@@ -369,6 +372,7 @@ class PoolWatch:
         self._checkouts_at_reset = 0
         self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
         self._second_sites: set[str] = set()
+        self._second_sites_full = False
         self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
         self._gc_reports: deque[GcReturnReport] = deque(maxlen=max_reports)
         self._leak_threshold = 0.0
@@ -578,17 +582,31 @@ class PoolWatch:
             first_stack=others[0].stack if others else (),
             reported_at=time.time(),
         )
+        site = report.where
+        summary = False
         with self._lock:
             self._second += 1
             self._second_reports.append(report)
-            first_time = report.where not in self._second_sites
-            if first_time and len(self._second_sites) < 1000:
-                self._second_sites.add(report.where)
+            sites = self._second_sites
+            first_time = site not in sites and len(sites) < MAX_SECOND_CHECKOUT_SITES
+            if first_time:
+                sites.add(site)
+            elif site not in sites and not self._second_sites_full:
+                self._second_sites_full = summary = True
         if first_time:  # log once per call site; the counter and the reports keep counting
             logger.warning(
                 "pooltender: second connection checked out in one unit of work (engine %s): %s",
                 self._name,
                 report,
+            )
+        elif summary:  # past the cap: one line, then new sites are counted, not logged
+            logger.warning(
+                "pooltender: second checkouts from more than %d call sites (engine %s); "
+                "further new call sites are counted in second_checkouts but not logged "
+                "(this one at %s)",
+                MAX_SECOND_CHECKOUT_SITES,
+                self._name,
+                site,
             )
 
     # ---- LeakSink -------------------------------------------------------------------------
