@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from coupons.config import Settings
+from coupons.config import SETTINGS_EXTENSION, Settings
 from coupons.db import db, install_sqlite_hooks
 from pooltender.flask import Pooltender
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(settings.pooltender_config)
-    app.extensions["coupons.settings"] = settings
+    app.extensions[SETTINGS_EXTENSION] = settings
     # Pooltender sizes and watches the pool, sheds exhaustion as 503, and calls db.init_app.
     Pooltender(app, db, settings=settings.pool, protect=_require_admin)
     if settings.backend == "sqlite":
@@ -62,9 +62,3 @@ def _require_admin() -> None:
         require_admin_token(cookie)
     else:
         require_admin()
-
-
-def settings_of(app: Flask) -> Settings:
-    """The :class:`Settings` an app was built with."""
-    settings: Settings = app.extensions["coupons.settings"]
-    return settings

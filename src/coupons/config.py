@@ -36,13 +36,16 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pooltender.flask import EXTENSION_KEYS, settings_from_config
 from pooltender.settings import PoolSettings, SettingsError
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 ENVIRONMENTS = ("development", "production", "test")
 _SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105  (a shell hint, not a secret)
@@ -222,3 +225,14 @@ class Settings:
         )
         values.update(overrides)
         return cls(**values)
+
+
+#: Where :func:`coupons.app.create_app` keeps the app's :class:`Settings`.
+SETTINGS_EXTENSION = "coupons.settings"
+
+
+def settings_of(app: Flask) -> Settings:
+    """The :class:`Settings` an app was built with (here, not in coupons.app, so the API
+    modules that read it do not import the factory that imports them)."""
+    settings: Settings = app.extensions[SETTINGS_EXTENSION]
+    return settings

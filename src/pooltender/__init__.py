@@ -24,14 +24,14 @@ if TYPE_CHECKING:
         littles_law,
         recommend_pool,
     )
-    from pooltender.limits import ServerLimits, read_server_limits
+    from pooltender.server.limits import ServerLimits, read_server_limits
     from pooltender.settings import PoolSettings, SettingsError
 
 _EXPORTS: dict[str, str] = {
     "PoolSettings": "pooltender.settings",
     "SettingsError": "pooltender.settings",
-    "ServerLimits": "pooltender.limits",
-    "read_server_limits": "pooltender.limits",
+    "ServerLimits": "pooltender.server.limits",
+    "read_server_limits": "pooltender.server.limits",
     "BudgetError": "pooltender.budget",
     "BudgetReport": "pooltender.budget",
     "ConnectionBudget": "pooltender.budget",

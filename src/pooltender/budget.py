@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.server.limits import ServerLimits, read_server_limits
 from pooltender.settings import PoolSettings, SettingsProblem
 
 if TYPE_CHECKING:

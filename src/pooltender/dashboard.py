@@ -4,7 +4,7 @@
 
 ``<path>/``               the page (Jinja template ``templates/dashboard.html``)
 ``<path>/data``           JSON: ``{"server": ServerSnapshot.to_json() | null,
-                          "server_error": str | null, "pool": {engine: stats_json(...)},
+                          "server_error": str | null, "pool": {engine: pool_stats_json(...)},
                           "taken_at": epoch seconds, "interval_s": float}``
 ``<path>/static/<file>``  the page's script and stylesheet (``static/dashboard.*``)
 
@@ -37,11 +37,14 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, Response, jsonify, url_for
 from jinja2 import FileSystemLoader
 
+from pooltender.stats import pool_stats_json
+from pooltender.text import first_line
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from pooltender.server import ServerSnapshot
-    from pooltender.watch import PoolStats
+    from pooltender.server.snapshot import ServerSnapshot
+    from pooltender.stats import PoolStats
 
 __all__ = [
     "DEFAULT_DASHBOARD_PATH",
@@ -106,15 +109,15 @@ def inspection_snapshots(engine: Callable[[], Engine], *, ttl: float = 1.0) -> S
     """Snapshots of the server behind ``engine()``, at most one per ``ttl`` seconds.
 
     They are taken over a separate inspection engine (no pool, short connect timeout; see
-    :func:`pooltender.server.connect_for_inspection`), built on first use from ``engine()``'s
-    URL: not through the app's pool, so the dashboard still answers when that pool is
+    :func:`pooltender.server.snapshot.connect_for_inspection`), built on first use from
+    ``engine()``'s URL: not through the app's pool, so the dashboard still answers when that pool is
     exhausted, and its own connection never shows as one of the app's checkouts.
     ``engine`` is called lazily (inside a request, where ``db.engine`` is available).
     """
     inspector: list[Engine] = []
 
     def take() -> ServerSnapshot:
-        from pooltender.server import connect_for_inspection, take_snapshot
+        from pooltender.server.snapshot import connect_for_inspection, take_snapshot
 
         if not inspector:  # SnapshotCache's lock serializes the calls
             url = engine().url.render_as_string(hide_password=False)
@@ -141,9 +144,7 @@ def _snapshot_json(snapshot: ServerSnapshot) -> dict[str, Any]:
 
 
 def _pool_json(stats: PoolStats) -> dict[str, Any]:
-    from pooltender.flask import stats_json  # lazy: pooltender.flask imports this module
-
-    out = stats_json(stats)
+    out = pool_stats_json(stats)
     out["leaks"] = [
         {
             "where": report.where,
@@ -156,11 +157,6 @@ def _pool_json(stats: PoolStats) -> dict[str, Any]:
     return out
 
 
-def _error_text(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
-
-
 def dashboard_data(
     pool_stats: PoolSource, snapshot: SnapshotSource, *, interval: float = 2.0
 ) -> dict[str, Any]:
@@ -171,7 +167,7 @@ def dashboard_data(
         snap = snapshot()
         server = None if snap is None else _snapshot_json(snap)
     except Exception as exc:  # the pool half of the page still works with the server down
-        error = _error_text(exc)
+        error = first_line(exc)[:300]
     return {
         "server": server,
         "server_error": error,
@@ -194,8 +190,8 @@ def register_dashboard(
 ) -> Blueprint:
     """Mount the dashboard on ``app`` under ``path``; return the blueprint registered.
 
-    ``pool_stats`` returns engine name -> :class:`~pooltender.watch.PoolStats` (this
-    process's pools); ``snapshot`` returns a :class:`~pooltender.server.ServerSnapshot` or
+    ``pool_stats`` returns engine name -> :class:`~pooltender.stats.PoolStats` (this
+    process's pools); ``snapshot`` returns a :class:`~pooltender.server.snapshot.ServerSnapshot` or
     None (wrap it in :class:`SnapshotCache`; an exception is shown on the page, not raised).
     ``protect`` runs before every dashboard request (raise or ``abort(403)`` to refuse);
     ``interval`` is the page's polling period in seconds and ``history`` how many polls the

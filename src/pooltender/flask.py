@@ -65,9 +65,19 @@ from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
 from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, SettingsProblem
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
-from pooltender.watch import PoolStats, PoolWatch, install_watch, watch_of
+from pooltender.stats import PoolStats, pool_stats_json
+from pooltender.watch import PoolWatch, install_watch, watch_of
 
-__all__ = ["EXTENSION_KEYS", "Pooltender", "settings_from_config", "shape_from_config"]
+__all__ = [
+    "EXTENSION_KEYS",
+    "Pooltender",
+    "settings_from_config",
+    "shape_from_config",
+    "stats_json",
+]
+
+#: The JSON shape of a PoolStats (kept under its old name; see pooltender.stats).
+stats_json = pool_stats_json
 
 log = logging.getLogger("pooltender.flask")
 
@@ -379,7 +389,7 @@ class Pooltender:
         state = self._state()
         snapshot = state.stats()
         body: dict[str, Any] = {
-            "engines": {name: stats_json(s) for name, s in snapshot.items()},
+            "engines": {name: pool_stats_json(s) for name, s in snapshot.items()},
             "recommendation": {
                 name: _recommend(s) for name, s in snapshot.items() if s.checkins > 0
             },
@@ -443,24 +453,3 @@ def _recommend(stats: PoolStats) -> dict[str, Any]:
         "checkouts_per_second": stats.checkouts_per_second,
         "hold_time_mean_s": stats.hold_time_mean,
     }
-
-
-def stats_json(stats: PoolStats) -> dict[str, Any]:
-    """A JSON-ready dict of a PoolStats snapshot (histograms as p50/p99/mean, stacks as text)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(stats):
-        value = getattr(stats, f.name)
-        if hasattr(value, "p50") and hasattr(value, "bounds"):
-            out[f.name] = {
-                "count": value.count,
-                "mean_s": value.mean,
-                "p50_s": value.p50,
-                "p99_s": value.p99,
-            }
-        elif isinstance(value, tuple):
-            out[f.name] = [str(item) for item in value]
-        else:
-            out[f.name] = value
-    out["hold_time_mean"] = stats.hold_time_mean
-    out["checkouts_per_second"] = stats.checkouts_per_second
-    return out

@@ -47,7 +47,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pooltender.watch import HistogramSnapshot, PoolStats
+from pooltender.stats import HistogramSnapshot, PoolStats
 
 __all__ = ["MultiprocessMirror", "PoolCollector", "multiprocess_enabled"]
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from pooltender.limits import ServerLimits
+    from pooltender.server.limits import ServerLimits
 
 DEFAULT_PREFIX = "POOLTENDER_"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from sqlalchemy import exc
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -93,6 +94,8 @@ class SheddingQueuePool(WatchedQueuePool):
     ``QueuePool`` reads its timeout from ``self._timeout`` in the get step; here that
     attribute is a property answering ``min(pool_timeout, shed wait)`` for the calling
     context. A timeout under a shed wait is raised as :class:`PoolExhausted`.
+    :meth:`recreate` (``engine.dispose()``) carries the configured ``pool_timeout`` over,
+    never the calling context's shed wait.
     """
 
     _pool_timeout: float = 30.0
@@ -105,6 +108,14 @@ class SheddingQueuePool(WatchedQueuePool):
     @_timeout.setter
     def _timeout(self, value: float) -> None:
         self._pool_timeout = value
+
+    def recreate(self) -> SheddingQueuePool:
+        # QueuePool.recreate passes timeout=self._timeout, which here is the *caller's* shed
+        # wait when engine.dispose() runs inside a request: the new pool must keep the
+        # configured pool_timeout instead.
+        new = cast(SheddingQueuePool, super().recreate())
+        new._pool_timeout = self._pool_timeout
+        return new
 
     def _do_get(self) -> ConnectionPoolEntry:
         try:

@@ -88,6 +88,13 @@ from pooltender.leaks import (
     capture_stack,
     format_stack,
 )
+from pooltender.stats import (
+    CHECKOUT_WAIT_BUCKETS,
+    HOLD_TIME_BUCKETS,
+    HistogramSnapshot,
+    PoolStats,
+    SecondCheckoutReport,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -113,19 +120,11 @@ __all__ = [
 logger = logging.getLogger("pooltender.watch")
 
 _now_ns = time.perf_counter_ns
+#: How many distinct second-checkout call sites a watch remembers (each logged once); past
+#: it, one summary line is logged and new sites are only counted.
+MAX_SECOND_CHECKOUT_SITES: Final = 1000
 #: ``record_info`` key of the open checkout: (started ns, owner, seq, tracked or None).
 _KEY: Final = "pooltender.watch"
-
-#: Upper bounds (seconds, ``le``) of the checkout-wait histogram; +Inf is implicit.
-CHECKOUT_WAIT_BUCKETS: Final[tuple[float, ...]] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-#: Upper bounds (seconds, ``le``) of the connection-hold-time histogram; +Inf is implicit.
-HOLD_TIME_BUCKETS: Final[tuple[float, ...]] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-)  # fmt: skip
 
 
 def task_owner() -> Hashable:
@@ -135,62 +134,6 @@ def task_owner() -> Hashable:
     except RuntimeError:
         task = None
     return task if task is not None else threading.get_ident()
-
-
-# --------------------------------------------------------------------------- histograms
-
-
-@dataclass(frozen=True)
-class HistogramSnapshot:
-    """Fixed-bucket histogram: ``counts[i]`` observations with ``bounds[i-1] < v <= bounds[i]``.
-
-    ``counts`` has one more entry than ``bounds``: the last is the +Inf bucket. The shape is
-    Prometheus's (``cumulative()`` gives its ``_bucket`` series); quantiles are estimated by
-    linear interpolation inside the bucket, as ``histogram_quantile`` does.
-    """
-
-    bounds: tuple[float, ...]
-    counts: tuple[int, ...]
-    count: int
-    sum: float  # seconds
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.count if self.count else 0.0
-
-    @property
-    def p50(self) -> float:
-        return self.quantile(0.5)
-
-    @property
-    def p99(self) -> float:
-        return self.quantile(0.99)
-
-    def cumulative(self) -> tuple[tuple[float, int], ...]:
-        """``(le, cumulative count)`` pairs, the last with ``le = inf``."""
-        out: list[tuple[float, int]] = []
-        running = 0
-        for le, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += n
-            out.append((le, running))
-        return tuple(out)
-
-    def quantile(self, q: float) -> float:
-        """Estimated ``q``-quantile in seconds (0.0 when empty; the top bound if in +Inf)."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for i, n in enumerate(self.counts):
-            if n and seen + n >= rank:
-                if i == len(self.bounds):
-                    return self.bounds[-1]
-                lower = self.bounds[i - 1] if i else 0.0
-                return lower + (self.bounds[i] - lower) * ((rank - seen) / n)
-            seen += n
-        return self.bounds[-1]
 
 
 def _bounds_ns(bounds: tuple[float, ...]) -> list[int]:
@@ -206,32 +149,6 @@ def _snapshot(bounds: tuple[float, ...], counts: list[int], total_ns: int) -> Hi
 
 
 @dataclass(frozen=True)
-class SecondCheckoutReport:
-    """An owner checked out another connection while already holding ``held`` of them."""
-
-    owner: str
-    thread_name: str
-    held: int
-    stack: Stack
-    first_stack: Stack
-    reported_at: float  # time.time()
-
-    @property
-    def where(self) -> str:
-        """``file:line`` of the user's code that made the second checkout."""
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
-
-    def __str__(self) -> str:
-        text = (
-            f"thread {self.thread_name!r} checked out connection #{self.held} from the same "
-            f"engine while holding {self.held - 1}, at:\n{format_stack(self.stack)}"
-        )
-        if self.first_stack:
-            text += f"\n  the first was checked out at:\n{format_stack(self.first_stack)}"
-        return text
-
-
-@dataclass(frozen=True)
 class OpenCheckout:
     """A connection checked out right now (for test guards and teardown safety nets)."""
 
@@ -243,63 +160,6 @@ class OpenCheckout:
     @property
     def where(self) -> str:
         return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A consistent snapshot of one engine's pool (taken under the watch lock).
-
-    Gauges: ``checked_out`` (by the watch's own count), ``idle``, ``overflow_in_use``,
-    ``pool_size``, ``max_overflow`` (the last four None for pools without those notions).
-    Counters since install: everything named as a count. Times in seconds.
-    """
-
-    pool_class: str
-    pool_size: int | None
-    max_overflow: int | None
-    checked_out: int
-    idle: int | None
-    overflow_in_use: int | None
-    high_water_checked_out: int
-    checkouts: int
-    checkins: int
-    detaches: int
-    connects: int
-    closes: int
-    invalidations: int
-    soft_invalidations: int
-    ping_failures: int
-    recycles: int
-    checkout_timeouts: int
-    wait_measured: bool
-    checkout_wait: HistogramSnapshot
-    hold_time: HistogramSnapshot
-    second_checkouts: int
-    second_checkout_reports: tuple[SecondCheckoutReport, ...]
-    leak_threshold: float
-    leaks_reported: int
-    leaks_returned: int
-    leak_reports: tuple[LeakReport, ...]
-    gc_returns: int
-    gc_return_reports: tuple[GcReturnReport, ...]
-    uptime_seconds: float
-    window_seconds: float
-    window_checkouts: int
-
-    @property
-    def hold_time_mean(self) -> float:
-        """Mean seconds a connection stays checked out (Little's law ``W``)."""
-        return self.hold_time.mean
-
-    @property
-    def checkouts_per_second(self) -> float:
-        """Checkouts per second since install or :meth:`PoolWatch.reset` (Little's lambda)."""
-        return self.window_checkouts / self.window_seconds if self.window_seconds > 0 else 0.0
-
-    @property
-    def busy_connections(self) -> float:
-        """Little's law: mean connections busy = checkout rate x mean hold time."""
-        return self.checkouts_per_second * self.hold_time_mean
 
 
 # --------------------------------------------------------------------------- the pool class
@@ -512,6 +372,7 @@ class PoolWatch:
         self._checkouts_at_reset = 0
         self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
         self._second_sites: set[str] = set()
+        self._second_sites_full = False
         self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
         self._gc_reports: deque[GcReturnReport] = deque(maxlen=max_reports)
         self._leak_threshold = 0.0
@@ -721,17 +582,31 @@ class PoolWatch:
             first_stack=others[0].stack if others else (),
             reported_at=time.time(),
         )
+        site = report.where
+        summary = False
         with self._lock:
             self._second += 1
             self._second_reports.append(report)
-            first_time = report.where not in self._second_sites
-            if first_time and len(self._second_sites) < 1000:
-                self._second_sites.add(report.where)
+            sites = self._second_sites
+            first_time = site not in sites and len(sites) < MAX_SECOND_CHECKOUT_SITES
+            if first_time:
+                sites.add(site)
+            elif site not in sites and not self._second_sites_full:
+                self._second_sites_full = summary = True
         if first_time:  # log once per call site; the counter and the reports keep counting
             logger.warning(
                 "pooltender: second connection checked out in one unit of work (engine %s): %s",
                 self._name,
                 report,
+            )
+        elif summary:  # past the cap: one line, then new sites are counted, not logged
+            logger.warning(
+                "pooltender: second checkouts from more than %d call sites (engine %s); "
+                "further new call sites are counted in second_checkouts but not logged "
+                "(this one at %s)",
+                MAX_SECOND_CHECKOUT_SITES,
+                self._name,
+                site,
             )
 
     # ---- LeakSink -------------------------------------------------------------------------

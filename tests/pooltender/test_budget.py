@@ -23,7 +23,7 @@ from pooltender.budget import (
     littles_law,
     recommend_pool,
 )
-from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.server.limits import ServerLimits, read_server_limits
 from pooltender.settings import PoolSettings
 
 try:

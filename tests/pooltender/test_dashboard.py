@@ -40,7 +40,7 @@ from pooltender.dashboard import (
     scrub_query,
 )
 from pooltender.flask import Pooltender
-from pooltender.server import connect_for_inspection, take_snapshot
+from pooltender.server.snapshot import connect_for_inspection, take_snapshot
 from tests.conftest import create_database, drop_database
 from tests.pooltender._servers import server_missing
 

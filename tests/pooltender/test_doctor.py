@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from pooltender.budget import FleetShape, WorkerModel
 from pooltender.cli import main
-from pooltender.doctor import Severity, Thresholds, diagnose, doctor
+from pooltender.server.doctor import Severity, Thresholds, diagnose, doctor
 from pooltender.settings import PoolSettings
 from tests.pooltender._servers import PrivateMariaDB
 from tests.pooltender.test_server import PASSWORD, ConnectionSet, connection_set
@@ -101,7 +101,7 @@ def test_no_url_and_unreachable_server_exit_2_without_the_password(
 
 
 def test_diagnose_is_pure_and_ranks_critical_first() -> None:
-    from pooltender.server import ServerSnapshot
+    from pooltender.server.snapshot import ServerSnapshot
 
     snap = ServerSnapshot(
         backend="mysql",

@@ -49,7 +49,7 @@ from pooltender.budget import (
     WorkerModel,
     check_startup,
 )
-from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.server.limits import ServerLimits, read_server_limits
 from pooltender.settings import PoolSettings
 from tests.pooltender._fleet_servers import (
     GunicornFleet,

@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from pooltender.cli import main
-from pooltender.killer import kill_idle
+from pooltender.server.killer import kill_idle
 from tests.pooltender.test_server import PASSWORD, ConnectionSet, connection_set
 
 __all__ = ["connection_set"]

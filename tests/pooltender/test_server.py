@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from pooltender.server import (
+from pooltender.server.snapshot import (
     InspectionError,
     ServerSnapshot,
     connect_for_inspection,

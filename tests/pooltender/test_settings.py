@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from pooltender.limits import ServerLimits
+from pooltender.server.limits import ServerLimits
 from pooltender.settings import PoolSettings, SettingsError
 
 

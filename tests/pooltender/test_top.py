@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from pooltender.cli import main
 from pooltender.cli.top import render_text, sort_connections
-from pooltender.server import ServerConnection, ServerSnapshot
+from pooltender.server.snapshot import ServerConnection, ServerSnapshot
 from tests.conftest import create_database, drop_database
 from tests.pooltender._servers import server_missing
 

@@ -20,6 +20,7 @@ from sqlalchemy.pool import QueuePool
 
 from pooltender.watch import (
     CHECKOUT_WAIT_BUCKETS,
+    MAX_SECOND_CHECKOUT_SITES,
     HistogramSnapshot,
     WatchedQueuePool,
     install_watch,
@@ -413,3 +414,43 @@ def test_overflow_connection_returned_to_a_full_pool_is_closed(tmp_path: Path) -
     assert stats.checkins == stats.checkouts == 2
     watch.remove()
     engine.dispose()
+
+
+def test_second_checkout_sites_past_the_cap_are_not_logged_on_every_call(
+    sqlite_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each call site is logged once; past the cap of remembered sites a new site must not
+    be logged on every call (one summary line says further sites are only counted)."""
+    watch = install_watch(sqlite_engine)
+    cap = MAX_SECOND_CHECKOUT_SITES
+    # cap + 2 distinct call sites, each a function of its own "file" doing a second checkout
+    namespace: dict[str, object] = {}
+    for n in range(cap + 2):
+        code = compile(
+            f"def site_{n}(engine):\n"
+            "    with engine.connect() as first, engine.connect() as second:\n"
+            "        pass\n",
+            f"<second-checkout-site-{n}>",
+            "exec",
+        )
+        exec(code, namespace)  # noqa: S102  (distinct code objects are distinct call sites)
+    sites = [namespace[f"site_{n}"] for n in range(cap + 2)]
+    caplog.set_level(logging.WARNING, logger="pooltender.watch")
+    for site in sites:
+        site(sqlite_engine)  # type: ignore[operator]
+    for _ in range(3):  # the sites past the cap, called again
+        sites[cap](sqlite_engine)  # type: ignore[operator]
+        sites[cap + 1](sqlite_engine)  # type: ignore[operator]
+    stats = watch.stats()
+    assert stats.second_checkouts == cap + 2 + 6  # every one is counted
+    per_site = [r for r in caplog.records if "second connection checked out" in r.getMessage()]
+    assert len(per_site) == cap
+    past_cap = [
+        r
+        for r in per_site
+        for n in (cap, cap + 1)
+        if f"<second-checkout-site-{n}>" in r.getMessage()
+    ]
+    assert past_cap == []
+    summary = [r for r in caplog.records if "call sites" in r.getMessage()]
+    assert len(summary) == 1

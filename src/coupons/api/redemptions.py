@@ -18,7 +18,7 @@ from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, current_principal, error_response, require_role
 from coupons.api.schemas import ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
-from coupons.app import settings_of
+from coupons.config import settings_of
 from coupons.db import transaction
 from coupons.errors import ServiceError
 from coupons.models import Role, utcnow

@@ -9,7 +9,6 @@ error. A server URL is only ever shown with its password masked.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +22,10 @@ from pooltender.budget import (
     WorkerModel,
     recommend_pool,
 )
-from pooltender.limits import Backend, ServerLimits
+from pooltender.server.limits import Backend, ServerLimits
 from pooltender.settings import PoolSettings, SettingsError
+from pooltender.text import first_line, scrub
+from pooltender.text import mask_url as mask_url  # re-exported: the old home of mask_url
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_ERROR = 0, 1, 2
 
@@ -64,51 +65,24 @@ class BudgetOutcome:
         return data
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``; unparsable URLs are not echoed."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # ArgumentError, or ValueError for a bad port
-        return "<unparsable URL>"
-
-
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
-def _scrub(message: str, url: str) -> str:
-    """Remove the URL and its password from an error message, parsable URL or not."""
-    from sqlalchemy.engine import make_url
-
-    message = message.replace(url, mask_url(url))
-    try:
-        password = make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return _USERINFO_PASSWORD.sub(r"\1***@", message)
-
-
 def read_limits_from_url(url: str) -> ServerLimits:
     """The server's limits over one connection (no pool kept); errors masked and clean."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from pooltender.limits import read_server_limits
+    from pooltender.server.limits import read_server_limits
 
     try:
         engine = create_engine(url, poolclass=NullPool)
     except Exception as exc:  # bad URL, unknown driver
         raise BudgetCommandError(
-            f"cannot use --url {mask_url(url)}: {_scrub(_first_line(exc), url)}"
+            f"cannot use --url {mask_url(url)}: {scrub(first_line(exc), url)}"
         ) from None
     try:
         return read_server_limits(engine)
     except Exception as exc:  # connection refused, authentication, permissions
         raise BudgetCommandError(
-            f"cannot read limits from {mask_url(url)}: {_scrub(_first_line(exc), url)}"
+            f"cannot read limits from {mask_url(url)}: {scrub(first_line(exc), url)}"
         ) from None
     finally:
         engine.dispose()
@@ -175,7 +149,7 @@ def budget(
         else:
             limits, source = None, "none (give --url or --max-connections for a verdict)"
     except (SettingsError, ValueError) as exc:
-        message = str(exc) if url is None else _scrub(str(exc), url)
+        message = str(exc) if url is None else scrub(str(exc), url)
         raise BudgetCommandError(message) from None
 
     problems = pool.check_against_server(limits) if limits is not None else ()
@@ -198,11 +172,6 @@ def budget(
     return BudgetOutcome(
         report=report, server_source=source, recommendation=rec, recommended_report=rec_report
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def render(outcome: BudgetOutcome) -> None:

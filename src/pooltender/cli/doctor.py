@@ -1,6 +1,6 @@
 """``pooltender doctor [URL]``: who holds the server's connections, what is wrong, what to change.
 
-The command only parses flags, calls :func:`pooltender.doctor.doctor` and prints (rich
+The command only parses flags, calls :func:`pooltender.server.doctor.doctor` and prints (rich
 tables, or ``--json``). The fleet-shape flags are ``pooltender budget``'s own options; giving
 any of them adds the fleet budget. Exit codes: 0 healthy, 1 findings (warning or worse),
 2 no URL or cannot connect. URLs are printed with the password masked, errors included.
@@ -16,14 +16,14 @@ import click
 
 from pooltender.budget import FleetShape, WorkerModel
 from pooltender.cli.budget import budget_command
-from pooltender.doctor import (
+from pooltender.server.doctor import (
     EXIT_CANNOT_CONNECT,
     DoctorReport,
     Severity,
     Thresholds,
     doctor,
 )
-from pooltender.server import InspectionError, ServerSnapshot
+from pooltender.server.snapshot import InspectionError, ServerSnapshot
 from pooltender.settings import PoolSettings, SettingsError
 
 FLEET_OPTIONS = (

@@ -1,5 +1,5 @@
 """``pooltender kill-idle URL --older-than SECONDS``: list (and with ``--apply`` end) idle
-connections, like pt-kill for sleeping connections. See :mod:`pooltender.killer` for what is
+connections, like pt-kill for sleeping connections. See :mod:`pooltender.server.killer` for what is
 selected and how. Dry run by default. Exit 0 (the counts are in the output), 2 when the
 server cannot be reached. URLs are printed with the password masked.
 """
@@ -10,8 +10,8 @@ import json
 
 import click
 
-from pooltender.killer import KillReport, kill_idle
-from pooltender.server import InspectionError
+from pooltender.server.killer import KillReport, kill_idle
+from pooltender.server.snapshot import InspectionError
 
 EXIT_OK, EXIT_ERROR = 0, 2
 

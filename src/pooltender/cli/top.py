@@ -25,13 +25,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from pooltender.cli.budget import _scrub, mask_url
+from pooltender.text import first_line, mask_url, scrub
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from sqlalchemy.engine import Engine
 
-    from pooltender.server import ServerConnection, ServerSnapshot
+    from pooltender.server.snapshot import ServerConnection, ServerSnapshot
 
 EXIT_OK, EXIT_ERROR = 0, 2
 SORTS = ("time", "user", "host", "state")
@@ -49,11 +49,6 @@ class TopError(click.ClickException):
     """A usage or connection problem; its message never contains a password."""
 
     exit_code = EXIT_ERROR
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 def sort_connections(connections: Sequence[ServerConnection], sort: str) -> list[ServerConnection]:
@@ -246,7 +241,7 @@ def _cbreak(stream: IO[str]) -> Iterator[Callable[[float], str | None]]:
 
 def connect(url: str) -> Engine:
     """The inspection engine for ``url`` (checked with one snapshot); errors masked, exit 2."""
-    from pooltender.server import connect_for_inspection
+    from pooltender.server.snapshot import connect_for_inspection
 
     try:
         return connect_for_inspection(url)
@@ -255,7 +250,7 @@ def connect(url: str) -> Engine:
 
 
 def snapshot_of(engine: Engine, url: str) -> ServerSnapshot:
-    from pooltender.server import take_snapshot
+    from pooltender.server.snapshot import take_snapshot
 
     try:
         return take_snapshot(engine, url=url)
@@ -265,11 +260,11 @@ def snapshot_of(engine: Engine, url: str) -> ServerSnapshot:
 
 def _problem(what: str, exc: BaseException, url: str) -> str:
     """A one-line, password-free message (InspectionError's own is masked already)."""
-    from pooltender.server import InspectionError
+    from pooltender.server.snapshot import InspectionError
 
     if isinstance(exc, InspectionError):
-        return _scrub(str(exc).strip().splitlines()[0], url)
-    return f"{what} {mask_url(url)}: {_scrub(_first_line(exc), url)}"
+        return scrub(first_line(exc, with_type=False), url)
+    return f"{what} {mask_url(url)}: {scrub(first_line(exc), url)}"
 
 
 def run_plain(

@@ -12,7 +12,7 @@
   backend type, state_change, xact_start, query, wait event) and ``pg_settings``
   (max_connections, superuser_reserved_connections, idle_in_transaction_session_timeout, ...).
 
-The server's limits come from :func:`pooltender.limits.read_server_limits` (one definition
+The server's limits come from :func:`pooltender.server.limits.read_server_limits` (one definition
 of what "reserved" means per server).
 
 **State.** Every connection gets a normalized ``state``: ``"idle"`` (MySQL ``Sleep`` with no
@@ -51,7 +51,34 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from pooltender.limits import ServerLimits, read_server_limits
+from pooltender.server._sql import name_value_pairs
+from pooltender.server.limits import ServerLimits, read_server_limits
+from pooltender.text import first_line, mask_url, scrub
+
+__all__ = [
+    "ACTIVE",
+    "CLIENT",
+    "CONNECT_TIMEOUT",
+    "IDLE",
+    "IDLE_IN_TRANSACTION",
+    "IDLE_IN_TRANSACTION_ABORTED",
+    "MYSQL_SESSION_BUFFERS",
+    "MYSQL_STATUS",
+    "MYSQL_VARIABLES",
+    "PG_SETTINGS",
+    "QUERY_CHARS",
+    "REPLICATION",
+    "SYSTEM",
+    "SYSTEM_KIND",
+    "InspectionError",
+    "ServerConnection",
+    "ServerSnapshot",
+    "connect_for_inspection",
+    "inspect_url",
+    "mask_url",
+    "scrub",
+    "take_snapshot",
+]
 
 QUERY_CHARS = 200
 """Queries are truncated to this many characters."""
@@ -271,28 +298,6 @@ class ServerSnapshot:
         }
 
 
-# ---------------------------------------------------------------------- masking
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (pooltender.cli.budget's helper)."""
-    from pooltender.cli.budget import mask_url as _mask
-
-    return _mask(url)
-
-
-def scrub(message: str, url: str) -> str:
-    """``message`` with ``url`` masked and its password removed wherever it appears."""
-    from pooltender.cli.budget import _scrub
-
-    return _scrub(message, url)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 def _connect_args(url: str) -> dict[str, Any]:
     driver = make_url(url).get_driver_name()
     if driver in ("mysqldb", "pymysql", "mariadbconnector", "mysqlconnector"):
@@ -312,7 +317,7 @@ def connect_for_inspection(url: str) -> Engine:
         return create_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
     except Exception as exc:  # bad URL, unknown or missing driver
         raise InspectionError(
-            f"cannot use {mask_url(url)}: {scrub(_first_line(exc), url)}", url=mask_url(url)
+            f"cannot use {mask_url(url)}: {scrub(first_line(exc), url)}", url=mask_url(url)
         ) from None
 
 
@@ -349,7 +354,7 @@ def take_snapshot(bind: Engine | Connection, *, url: str | None = None) -> Serve
         raise
     except (DBAPIError, OSError) as exc:
         raise InspectionError(
-            f"cannot inspect {shown}: {scrub(_first_line(exc), raw_url)}", url=shown
+            f"cannot inspect {shown}: {scrub(first_line(exc), raw_url)}", url=shown
         ) from None
 
 
@@ -360,11 +365,6 @@ def _take(connection: Connection, shown_url: str) -> ServerSnapshot:
     if name == "postgresql":
         return _take_postgresql(connection, shown_url)
     raise InspectionError(f"pooltender cannot inspect a {name!r} server ({shown_url})")
-
-
-def _pairs(connection: Connection, sql: str, names: Iterable[str]) -> dict[str, str]:
-    statement = text(sql).bindparams(bindparam("names", list(names), expanding=True))
-    return {str(row[0]): str(row[1]) for row in connection.execute(statement)}
 
 
 def _floats(values: Mapping[str, str]) -> dict[str, float]:
@@ -411,11 +411,13 @@ def _take_mysql(connection: Connection, shown_url: str) -> ServerSnapshot:
     unreadable: dict[str, str] = {}
     notes: list[str] = []
     limits = read_server_limits(connection)
-    variables = _pairs(
+    variables = name_value_pairs(
         connection, "SHOW GLOBAL VARIABLES WHERE Variable_name IN :names", MYSQL_VARIABLES
     )
     status = _floats(
-        _pairs(connection, "SHOW GLOBAL STATUS WHERE Variable_name IN :names", MYSQL_STATUS)
+        name_value_pairs(
+            connection, "SHOW GLOBAL STATUS WHERE Variable_name IN :names", MYSQL_STATUS
+        )
     )
     self_id, current_user = connection.execute(text("SELECT CONNECTION_ID(), CURRENT_USER()")).one()
     mariadb = "mariadb" in limits.server_version.lower()
@@ -476,7 +478,7 @@ def _take_mysql(connection: Connection, shown_url: str) -> ServerSnapshot:
         privileged_users = frozenset(str(g[0]).split("@", 1)[0].strip("'`") for g in grantees)
     except DBAPIError as exc:
         connection.rollback()
-        unreadable["privileged_users"] = f"USER_PRIVILEGES: {_first_line(exc)}"
+        unreadable["privileged_users"] = f"USER_PRIVILEGES: {first_line(exc)}"
 
     memory: int | None = None
     if all(name in variables for name in MYSQL_SESSION_BUFFERS):
@@ -554,7 +556,7 @@ def _mysql_privileges(connection: Connection, current_user: str) -> tuple[bool |
         grants = [str(r[0]) for r in connection.execute(text("SHOW GRANTS"))]
     except DBAPIError as exc:
         connection.rollback()
-        return None, f"SHOW GRANTS failed: {_first_line(exc)}"
+        return None, f"SHOW GRANTS failed: {first_line(exc)}"
     for grant in grants:
         head = grant.upper().split(" TO ", 1)[0]
         if " ON *.*" not in head:
@@ -581,7 +583,7 @@ FROM pg_stat_activity
 def _take_postgresql(connection: Connection, shown_url: str) -> ServerSnapshot:
     unreadable: dict[str, str] = {}
     limits = read_server_limits(connection)
-    variables = _pairs(
+    variables = name_value_pairs(
         connection, "SELECT name, setting FROM pg_settings WHERE name IN :names", PG_SETTINGS
     )
     current_user, privileged, can_read_all = connection.execute(
