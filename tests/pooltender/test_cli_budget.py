@@ -409,7 +409,7 @@ def test_fleet_flags_and_keys_are_derived_from_the_dataclass(runner: CliRunner) 
         for name, spec in shape_keys(cls).items():
             assert spec.option in help_text, name
     keys = fleet_config_keys()
-    assert pt_flask._FLEET_KEYS == keys
+    assert keys == pt_flask._FLEET_KEYS
     configurable = {f.name for f in dataclasses.fields(FleetShape)} - {"proxy"}
     assert {v for v in keys.values() if "." not in v} == configurable
     assert {v for v in keys.values() if "." in v} == {
