@@ -4,7 +4,7 @@
 # browser test drives Debian's chromium; the `pooltender top` test drives tmux.
 # Usage: scripts/ensure-system-deps.sh [extra-package ...]
 set -euo pipefail
-want=(libmariadb-dev pkg-config chromium tmux "$@")
+want=(libmariadb-dev pkg-config chromium tmux pgbouncer "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
