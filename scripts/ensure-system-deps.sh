@@ -5,7 +5,7 @@
 # promtool (Debian package prometheus) checks the shipped alert rules (tests/test_contrib.py).
 # Usage: scripts/ensure-system-deps.sh [extra-package ...]
 set -euo pipefail
-want=(libmariadb-dev pkg-config chromium tmux prometheus "$@")
+want=(libmariadb-dev pkg-config chromium tmux prometheus pgbouncer "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -58,7 +58,9 @@ from pooltender.budget import (
     EnforceMode,
     FleetShape,
     check_startup,
+    fleet_config_keys,
     recommend_pool,
+    shape_from_mapping,
 )
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
@@ -81,17 +83,7 @@ stats_json = pool_stats_json
 
 log = logging.getLogger("pooltender.flask")
 
-_FLEET_KEYS: dict[str, str] = {
-    "POOLTENDER_FLEET_HOSTS": "hosts",
-    "POOLTENDER_FLEET_PROCESSES": "processes_per_host",
-    "POOLTENDER_FLEET_WORKER_MODEL": "worker_model",
-    "POOLTENDER_FLEET_CONCURRENCY": "concurrency",
-    "POOLTENDER_FLEET_CONNECTIONS_PER_REQUEST": "connections_per_request",
-    "POOLTENDER_FLEET_CONSUMERS": "consumers",
-    "POOLTENDER_FLEET_CONNECTIONS_PER_CONSUMER": "connections_per_consumer",
-    "POOLTENDER_FLEET_OTHER_CLIENTS": "other_clients",
-    "POOLTENDER_FLEET_RESERVED": "reserved",
-}
+_FLEET_KEYS: dict[str, str] = fleet_config_keys()  # derived from FleetShape's fields
 EXTENSION_KEYS = _OWN_KEYS = frozenset(
     {
         "POOLTENDER_BUDGET_CHECK",
@@ -136,24 +128,7 @@ def settings_from_config(config: Mapping[str, Any]) -> PoolSettings:
 
 def shape_from_config(config: Mapping[str, Any]) -> FleetShape | None:
     """The fleet shape from ``POOLTENDER_FLEET_*`` keys, or None if none is set."""
-    values: dict[str, Any] = {}
-    for key, field_name in _FLEET_KEYS.items():
-        raw = config.get(key)
-        if raw is None or raw == "":
-            continue
-        if field_name == "worker_model":
-            values[field_name] = str(raw).strip().lower()
-            continue
-        try:
-            values[field_name] = int(raw)
-        except (TypeError, ValueError):
-            raise SettingsError([SettingsProblem(key, raw, "must be a whole number")]) from None
-    if not values:
-        return None
-    try:
-        return FleetShape(**values)
-    except ValueError as exc:
-        raise SettingsError([SettingsProblem("POOLTENDER_FLEET_*", values, str(exc))]) from None
+    return shape_from_mapping(config)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ Every key carries one prefix (``POOLTENDER_`` by default)::
     POOLTENDER_ECHO_POOL          false  log checkouts and checkins (debugging only)
     POOLTENDER_LEAK_THRESHOLD     60     seconds a checkout may last before it is reported (0 = off)
     POOLTENDER_SHED_WAIT          0.5    seconds a web request waits for a connection before a 503
+    POOLTENDER_PROXY              none   proxy in front of the server (see pooltender.proxy)
 
 Values may be typed (a Flask config) or strings (the environment). Strings are parsed:
 whole numbers, decimal numbers, and booleans spelled true/false, 1/0, yes/no, on/off. An
@@ -30,6 +31,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from pooltender.proxy import PROXIES, proxy_engine_options
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -115,6 +118,7 @@ class PoolSettings:
     echo_pool: bool = False
     leak_threshold: float = 60.0
     shed_wait: float = 0.5
+    proxy: str = "none"
     source_prefix: str = field(default=DEFAULT_PREFIX, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,6 +164,8 @@ class PoolSettings:
                 or not math.isfinite(value)
             ):
                 bad(name, "must be a finite number of seconds")
+        if self.proxy not in PROXIES:
+            bad("proxy", f"must be one of {', '.join(PROXIES)}")
         if problems:  # the range checks below assume the types are right
             raise SettingsError(problems)
 
@@ -274,6 +280,7 @@ class PoolSettings:
                 pool_timeout=self.pool_timeout,
                 pool_use_lifo=self.pool_use_lifo,
             )
+        options.update(proxy_engine_options(self.proxy, url))
         return options
 
     def as_mapping(self) -> dict[str, Any]:
@@ -338,6 +345,7 @@ _KINDS: dict[str, type] = {
     "echo_pool": bool,
     "leak_threshold": float,
     "shed_wait": float,
+    "proxy": str,
 }
 
 
@@ -352,6 +360,8 @@ def _parse(kind: type, raw: object) -> object:
     text = raw.strip()
     if text == "":
         raise ValueError("is empty; unset it to use the default, or give a value")
+    if kind is str:
+        return text.lower()
     if kind is bool:
         lowered = text.lower()
         if lowered in _TRUE:
