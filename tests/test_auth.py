@@ -20,11 +20,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from coupons.config import Settings
 from coupons.db import db
 from coupons.errors import Conflict, Unprocessable
 from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
 from coupons.services import auth
 from coupons.services.auth import Principal, decode_access_token, issue_access_token
+from tests.conftest import make_settings
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"  # as in conftest.py
 PASSWORD = "correct horse battery staple"
@@ -37,6 +39,15 @@ USERS = "/api/v1/users"
 
 # Captured at import, before any fixture replaces it: the module's real default.
 PRODUCTION_HASHER = auth.hasher
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Admission control off: the concurrency tests here count outcomes of a burst larger
+    than the admission limit on one hot row, where production would rightly shed some
+    (admission is tested in tests/pooltender/test_admission*.py)."""
+    return make_settings(database_url, pooltender_config={"POOLTENDER_ADMISSION": "false"})
+
 
 Rows = Callable[[Any], int]
 

@@ -52,10 +52,13 @@ def settings(database_url: str) -> Settings:
 
     32 threads in one process against a 4 + 2 pool would otherwise see 503s after the 0.5 s
     shed wait whenever hot-row lock waits lengthen connection hold times (as they should:
-    shedding is the production behaviour, tested in tests/pooltender/test_flask.py).
+    shedding is the production behaviour, tested in tests/pooltender/test_flask.py). For the
+    same reason admission control is off (tested in tests/pooltender/test_admission*.py).
     """
     pool = PoolSettings(pool_size=8, max_overflow=4, pool_timeout=120, shed_wait=120)
-    return make_settings(database_url, pool=pool)
+    return make_settings(
+        database_url, pool=pool, pooltender_config={"POOLTENDER_ADMISSION": "false"}
+    )
 
 
 def hammer(app: Flask, headers: Headers, calls: Sequence[Call]) -> list[Reply]:

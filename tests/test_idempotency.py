@@ -14,14 +14,24 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from coupons.config import Settings
 from coupons.db import db
 from coupons.models import Coupon, IdempotencyKey, Redemption, Role, utcnow
 from coupons.services import coupon as coupon_service
 from coupons.services import idempotency
 from coupons.services.auth import decode_access_token
+from tests.conftest import make_settings
 
 Headers = dict[str, str]
 API = "/api/v1"
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Admission control off: the concurrency tests here count outcomes of a burst larger
+    than the admission limit on one hot row, where production would rightly shed some
+    (admission is tested in tests/pooltender/test_admission*.py)."""
+    return make_settings(database_url, pooltender_config={"POOLTENDER_ADMISSION": "false"})
 
 
 @pytest.fixture

@@ -158,9 +158,14 @@ def _pool_json(stats: PoolStats) -> dict[str, Any]:
 
 
 def dashboard_data(
-    pool_stats: PoolSource, snapshot: SnapshotSource, *, interval: float = 2.0
+    pool_stats: PoolSource,
+    snapshot: SnapshotSource,
+    *,
+    interval: float = 2.0,
+    admission: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``<path>/data`` body. A failing snapshot gives ``server: null`` and its error."""
+    """The ``<path>/data`` body. A failing snapshot gives ``server: null`` and its error.
+    ``admission`` (optional) gives the ``"admission"`` object (see pooltender.admission)."""
     server: dict[str, Any] | None = None
     error: str | None = None
     try:
@@ -172,6 +177,7 @@ def dashboard_data(
         "server": server,
         "server_error": error,
         "pool": {name: _pool_json(s) for name, s in pool_stats().items()},
+        "admission": admission() if admission is not None else {"enabled": False},
         "taken_at": time.time(),
         "interval_s": interval,
     }
@@ -187,6 +193,7 @@ def register_dashboard(
     interval: float = 2.0,
     history: int = 90,
     title: str = "pooltender",
+    admission: Callable[[], dict[str, Any]] | None = None,
 ) -> Blueprint:
     """Mount the dashboard on ``app`` under ``path``; return the blueprint registered.
 
@@ -195,7 +202,8 @@ def register_dashboard(
     None (wrap it in :class:`SnapshotCache`; an exception is shown on the page, not raised).
     ``protect`` runs before every dashboard request (raise or ``abort(403)`` to refuse);
     ``interval`` is the page's polling period in seconds and ``history`` how many polls the
-    checked-out time series keeps.
+    checked-out time series keeps. ``admission`` gives the admission limiter's figures
+    (limit, in flight, queue) shown on the page, if admission control is installed.
     """
     prefix = "/" + path.strip("/")
     if prefix == "/":
@@ -219,7 +227,7 @@ def register_dashboard(
 
     @bp.get("/")
     def page() -> Response:
-        data = dashboard_data(pool_stats, snapshot, interval=interval)
+        data = dashboard_data(pool_stats, snapshot, interval=interval, admission=admission)
         template = env.get_template("dashboard.html")
         html = template.render(
             data=data,
@@ -239,7 +247,8 @@ def register_dashboard(
 
     @bp.get("/data")
     def data() -> Response:
-        response = jsonify(dashboard_data(pool_stats, snapshot, interval=interval))
+        body = dashboard_data(pool_stats, snapshot, interval=interval, admission=admission)
+        response = jsonify(body)
         response.headers["Cache-Control"] = "no-store"
         return response
 

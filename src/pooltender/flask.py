@@ -38,6 +38,9 @@ Config keys besides PoolSettings' own (all optional):
 ``POOLTENDER_METRICS_PATH``       default ``/metrics``, empty to disable
 ``POOLTENDER_DASHBOARD``          serve the live dashboard; default off
 ``POOLTENDER_DASHBOARD_PATH``     default ``/pooltender/dashboard``
+``POOLTENDER_ADMISSION*``         admission control, on by default: a concurrency limit applied
+                                  before Flask sees the request (see
+                                  :mod:`pooltender.admission.settings`)
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify
 from sqlalchemy.engine import Engine, make_url
 
+from pooltender.admission import (  # admission control (issue 10)
+    ADMISSION_KEYS,
+    admission_json,
+    admission_of,
+    install_admission,
+    metrics_for_scrape,
+    settings_for_app,
+)
 from pooltender.budget import (
     ENFORCE_MODES,
     BudgetReport,
@@ -94,6 +105,7 @@ EXTENSION_KEYS = _OWN_KEYS = frozenset(
         "POOLTENDER_DASHBOARD",
         "POOLTENDER_DASHBOARD_PATH",
         *_FLEET_KEYS,
+        *ADMISSION_KEYS,  # admission control (issue 10)
     }
 )
 _POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
@@ -210,6 +222,8 @@ class Pooltender:
             raise SettingsError(
                 [SettingsProblem("POOLTENDER_BUDGET_CHECK", mode, "must be fail, warn or off")]
             )
+        # admission control (issue 10): validated before any engine is built
+        admission = settings_for_app(app.config, pool_cap=settings.per_process_cap)
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = self._engine_options(app, settings)
         state = _State(
             settings=settings,
@@ -238,6 +252,10 @@ class Pooltender:
             app.teardown_request(self._teardown_request)
         app.register_error_handler(PoolExhausted, self._shed_response)
         self._add_routes(app, state)
+        # admission control (issue 10): wraps app.wsgi_app, so it runs before Flask's request
+        install_admission(
+            app, admission, retry_after=state.retry_after, multiprocess=state.mirror is not None
+        )
 
     def _engine_options(self, app: Flask, settings: PoolSettings) -> dict[str, Any]:
         uri = app.config.get("SQLALCHEMY_DATABASE_URI")
@@ -353,6 +371,7 @@ class Pooltender:
                 pool_stats=state.stats,
                 snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
                 protect=self._protect,
+                admission=lambda: admission_json(admission_of(app)),  # issue 10
             )
 
     def _guard(self) -> None:
@@ -370,6 +389,7 @@ class Pooltender:
             },
             "requests_shed": state.requests_shed,
             "requests_leaked_connection": state.requests_leaked,
+            "admission": admission_json(admission_of(current_app)),  # issue 10
             "settings": {
                 k: v for k, v in dataclasses.asdict(state.settings).items() if k != "source_prefix"
             },
@@ -408,6 +428,7 @@ class Pooltender:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry.register(PoolCollector(state.stats, state.extra))
+        metrics_for_scrape(current_app, registry, multiprocess=state.mirror is not None)  # issue 10
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -123,6 +123,7 @@ def test_pool_exhaustion_is_shed_with_503_and_retry_after(server_url: str) -> No
         POOLTENDER_SHED_WAIT=0.2,
         POOLTENDER_POOL_TIMEOUT=30,
         POOLTENDER_RETRY_AFTER=2,
+        POOLTENDER_ADMISSION=False,  # the pool's own shed wait, without admission in front
     )
     try:
         barrier = threading.Barrier(6)

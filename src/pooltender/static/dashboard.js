@@ -338,9 +338,22 @@
 
   // ---------------------------------------------------------------- loop
 
+  function drawAdmission(adm) {
+    var line = clear(document.getElementById("admission-line"));
+    if (!adm || !adm.enabled) { line.textContent = "admission control off"; return; }
+    [["limit ", "limit", adm.limit], [" (" + adm.algorithm + ") \u00b7 in flight ", "in_flight", adm.in_flight],
+      [" \u00b7 queue ", "queue_length", adm.queue_length], [" \u00b7 shed ", "shed_total", adm.shed_total]].forEach(function (p) {
+      line.appendChild(document.createTextNode(p[0]));
+      line.appendChild(el("span", { "data-metric": "admission." + p[1], "data-value": p[2] }, p[2]));
+    });
+    if (adm.standing) line.appendChild(el("span", { class: "bad" }, " \u00b7 standing queue (LIFO)"));
+    line.appendChild(document.createTextNode(" \u00b7 wait p99 " + ms(adm.queue_wait.p99_s)));
+  }
+
   function render(data) {
     drawServer(data);
     drawPools(data);
+    drawAdmission(data.admission);
     polls += 1;
     body.dataset.polls = String(polls);
     body.dataset.takenAt = String(data.taken_at);

@@ -1,0 +1,130 @@
+"""The WSGI middleware that admits each request before the application sees it.
+
+It wraps any WSGI callable (``app.wsgi_app`` for Flask), so it runs before Flask builds a
+request context, parses a body, authenticates or touches the database: a request that has to
+wait does so holding nothing but its thread (or greenlet), and a refused one costs a dict
+lookup, a lock and a pre-encoded 503. The refusal::
+
+    503 Service Unavailable
+    Retry-After: <retry_after>
+    Content-Type: application/json
+    {"error": {"code": "overloaded", "message": "..."}}
+
+Requests whose ``PATH_INFO`` starts with an exempt prefix (on a path-segment boundary:
+``/metrics`` covers ``/metrics`` and ``/metrics/x``, not ``/metricsx``) bypass the limiter:
+health, readiness and metrics must answer *especially* when the process is overloaded.
+
+The slot is released when the application *returns* its response iterable, not when the
+server closes it: by then a Flask app has run its handler and its teardown (the session is
+removed, the connection is back in the pool), so the sample is the request's service time
+without the time a slow client takes to read the body, and a server or test client that
+never calls ``close()`` (Werkzeug's test client without ``buffered=True``) cannot leak the
+slot. A streamed body (a generator that keeps working while it is sent) is therefore not
+counted while it streams. An exception from the application releases the slot at once
+without feeding the limit. A 503 from the
+application itself (the pool's shed wait, the last line of defence) is a *drop*: loss-based
+limits (AIMD, Vegas) back off on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pooltender.admission.limiter import SHED_REASONS, AdmissionLimiter, Overloaded
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["AdmissionMiddleware", "shed_body"]
+
+log = logging.getLogger("pooltender.admission")
+
+_MESSAGES = {
+    "queue_full": "too many requests are already waiting",
+    "standing_queue": "requests have been queueing here for a while",
+    "queue_timeout": "no request slot came free in time",
+}
+
+
+def shed_body(reason: str, retry_after: int) -> bytes:
+    """The JSON body of a refusal for ``reason``."""
+    message = (
+        f"the service is overloaded ({_MESSAGES.get(reason, reason)}); retry in {retry_after} s"
+    )
+    return json.dumps({"error": {"code": "overloaded", "message": message}}).encode()
+
+
+class AdmissionMiddleware:
+    """``AdmissionMiddleware(app, limiter)``: a WSGI app that admits, then calls ``app``.
+
+    ``exempt`` lists path prefixes that bypass the limiter; ``retry_after`` is the seconds
+    in the refusal's ``Retry-After``; ``on_request_end`` (optional) is called after each
+    admitted or refused request, e.g. to mirror metrics for a multiprocess scrape.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        limiter: AdmissionLimiter,
+        *,
+        exempt: Iterable[str] = (),
+        retry_after: int = 1,
+        on_request_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.exempt = tuple(p.rstrip("/") or "/" for p in exempt)
+        self.retry_after = retry_after
+        self._on_end = on_request_end
+        headers = [("Content-Type", "application/json"), ("Retry-After", str(retry_after))]
+        self._refusals = {
+            reason: (
+                [*headers, ("Content-Length", str(len(body)))],
+                body,
+            )
+            for reason in SHED_REASONS
+            for body in (shed_body(reason, retry_after),)
+        }
+
+    def is_exempt(self, path: str) -> bool:
+        """Whether ``path`` bypasses the limiter."""
+        for prefix in self.exempt:
+            if path.startswith(prefix) and (
+                len(path) == len(prefix) or prefix == "/" or path[len(prefix)] == "/"
+            ):
+                return True
+        return False
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.exempt and self.is_exempt(environ.get("PATH_INFO") or "/"):
+            return self.app(environ, start_response)
+        try:
+            admission = self.limiter.acquire()
+        except Overloaded as exc:
+            headers, payload = self._refusals[exc.reason]
+            log.debug("request refused: %s", exc)
+            start_response("503 Service Unavailable", list(headers))
+            if self._on_end is not None:
+                self._on_end()
+            return [payload]
+        dropped = False
+
+        def watching_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            nonlocal dropped
+            dropped = status.startswith("503")
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, watching_start_response)
+        except BaseException:
+            admission.release(sample=False)
+            raise
+        admission.release(dropped=dropped)
+        if self._on_end is not None:
+            self._on_end()
+        return body

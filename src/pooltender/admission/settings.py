@@ -1,0 +1,275 @@
+"""Admission settings: ``POOLTENDER_ADMISSION*`` keys, read and validated like PoolSettings.
+
+=================================  ===========  ===============================================
+key                                default      meaning
+=================================  ===========  ===============================================
+``POOLTENDER_ADMISSION``           true         admit requests through the limiter (false: off,
+                                                exactly the behaviour without admission control)
+``POOLTENDER_ADMISSION_LIMIT``     gradient2    ``gradient2`` | ``vegas`` | ``aimd`` | ``fixed``
+``POOLTENDER_ADMISSION_INITIAL``   pool cap     the limit at start (``fixed``: the limit)
+``POOLTENDER_ADMISSION_MIN``       1            the limit never goes below this
+``POOLTENDER_ADMISSION_MAX``       2 x cap      ... nor above this
+``POOLTENDER_ADMISSION_QUEUE``     64           most requests waiting at once (0: no queue)
+``POOLTENDER_ADMISSION_TARGET``    0.005        seconds a request may wait under a standing queue
+``POOLTENDER_ADMISSION_INTERVAL``  0.1          seconds the queue must stay non-empty to be standing
+``POOLTENDER_ADMISSION_TIMEOUT``   0.5          seconds a request may wait when the queue drained
+                                                within the interval
+``POOLTENDER_ADMISSION_EXEMPT``    /healthz,/readyz,/metrics,/pooltender
+                                                comma-separated path prefixes never queued
+=================================  ===========  ===============================================
+
+"pool cap" is the process's ``pool_size + max_overflow`` (6 with pooltender's defaults).
+
+Why these defaults, for a 2-core box running a few workers each with a small pool:
+
+* **initial = the pool's cap.** Every admitted request may want a connection; admitting more
+  than the pool can serve only moves the queue into the pool, where a waiting request has
+  already parsed its body and checked its token (CPU spent for nothing if it is then shed).
+* **max = 2 x the cap.** Part of a request's service time holds no connection (parsing,
+  auth, serializing; about a third in the issue-10 profile), so slightly more requests than
+  connections can run without queueing on the pool; beyond 2x the extra threads only contend
+  for the GIL and the two cores. The adaptive limit finds the point below it.
+* **min = 1.** A process always serves something.
+* **target 5 ms, interval 100 ms**: Facebook's values for its CoDel variant ("Fail at
+  Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms), which are also CoDel's
+  own defaults (RFC 8289: target 5 ms, interval 100 ms). A request that joins a queue that
+  has been non-empty for 100 ms waits at most 5 ms before its 503, so an overloaded process
+  answers "retry" in milliseconds.
+* **timeout 0.5 s**: the wait allowed when the queue drained within the interval, i.e. a
+  burst, not an overload. Facebook uses N (100 ms) for it too, for RPCs that take well under
+  a millisecond; a web request here takes 3-10 ms unloaded (a login with argon2 far more), so
+  a burst of a few dozen requests on a handful of slots needs longer than 100 ms to drain.
+  0.5 s is the pool's former shed wait (``POOLTENDER_SHED_WAIT``): no burst that used to be
+  served is now refused, and unlike the pool's wait it is spent before any parsing or auth.
+* **queue 64**: a bound on waiting threads/greenlets, far above what a gthread worker's
+  threads can fill; the timeouts, not the length, normally end a wait.
+
+Values may be typed (a Flask config) or strings (the environment), parsed by
+:func:`pooltender.settings._parse` (the same parser as PoolSettings); ``""`` is an error, an
+unknown ``POOLTENDER_ADMISSION_*`` key is an error naming the valid keys, nothing is clamped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from pooltender.settings import DEFAULT_PREFIX, SettingsError, SettingsProblem, _parse
+
+__all__ = ["ADMISSION_KEYS", "DEFAULT_EXEMPT", "LIMIT_ALGORITHMS", "AdmissionSettings"]
+
+LIMIT_ALGORITHMS: Final = ("gradient2", "vegas", "aimd", "fixed")
+DEFAULT_EXEMPT: Final = ("/healthz", "/readyz", "/metrics", "/pooltender")
+
+#: field name -> (key suffix after the prefix, kind)
+_FIELDS: Final[dict[str, tuple[str, type]]] = {
+    "enabled": ("ADMISSION", bool),
+    "limit": ("ADMISSION_LIMIT", str),
+    "initial": ("ADMISSION_INITIAL", int),
+    "minimum": ("ADMISSION_MIN", int),
+    "maximum": ("ADMISSION_MAX", int),
+    "queue": ("ADMISSION_QUEUE", int),
+    "target": ("ADMISSION_TARGET", float),
+    "interval": ("ADMISSION_INTERVAL", float),
+    "timeout": ("ADMISSION_TIMEOUT", float),
+    "exempt": ("ADMISSION_EXEMPT", tuple),
+}
+
+#: Every admission key under the default prefix (the Flask extension's own keys include them).
+ADMISSION_KEYS: Final = frozenset(f"{DEFAULT_PREFIX}{suffix}" for suffix, _ in _FIELDS.values())
+
+#: The cap assumed when no pool is known (PoolSettings' defaults: 4 + 2).
+_DEFAULT_CAP: Final = 6
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionSettings:
+    """Validated admission settings for one process. See the module docstring for defaults.
+
+    ``initial`` and ``maximum`` are None only before :meth:`for_pool` fills them from the
+    pool's cap; :meth:`from_mapping` always returns them filled.
+    """
+
+    enabled: bool = True
+    limit: str = "gradient2"
+    initial: int | None = None
+    minimum: int = 1
+    maximum: int | None = None
+    queue: int = 64
+    target: float = 0.005
+    interval: float = 0.1
+    timeout: float = 0.5
+    exempt: tuple[str, ...] = DEFAULT_EXEMPT
+    source_prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def key(self, name: str) -> str:
+        """The key a user sets for field ``name``: ``minimum`` -> ``POOLTENDER_ADMISSION_MIN``."""
+        return f"{self.source_prefix}{_FIELDS[name][0]}"
+
+    @property
+    def initial_limit(self) -> int:
+        """``initial``, or the default for PoolSettings' default cap if none was resolved."""
+        return self.initial if self.initial is not None else min(_DEFAULT_CAP, self.max_limit)
+
+    @property
+    def max_limit(self) -> int:
+        """``maximum``, or twice PoolSettings' default cap if none was resolved."""
+        return self.maximum if self.maximum is not None else max(2 * _DEFAULT_CAP, self.minimum)
+
+    def for_pool(self, cap: int) -> AdmissionSettings:
+        """A copy with unset ``initial`` / ``maximum`` derived from the pool's ``cap``:
+        maximum = 2 x cap (at least ``minimum``), initial = cap within [minimum, maximum]."""
+        maximum = self.maximum if self.maximum is not None else max(2 * cap, self.minimum)
+        initial = self.initial
+        if initial is None:
+            initial = min(max(cap, self.minimum), maximum)
+        return replace(self, initial=initial, maximum=maximum)
+
+    def validate(self) -> None:
+        """Check each value, then the values against each other; raise SettingsError."""
+        problems: list[SettingsProblem] = []
+
+        def bad(name: str, message: str) -> None:
+            problems.append(SettingsProblem(self.key(name), getattr(self, name), message))
+
+        for name, (_suffix, kind) in _FIELDS.items():
+            value = getattr(self, name)
+            if value is None and name in ("initial", "maximum"):
+                continue
+            if kind is bool and not isinstance(value, bool):
+                bad(name, "must be true or false")
+            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                bad(name, "must be a whole number")
+            elif kind is float and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                bad(name, "must be a finite number of seconds")
+            elif kind is str and not isinstance(value, str):
+                bad(name, f"must be one of {', '.join(LIMIT_ALGORITHMS)}")
+            elif kind is tuple and (
+                not isinstance(value, tuple) or not all(isinstance(p, str) for p in value)
+            ):
+                bad(name, "must be a comma-separated list of path prefixes")
+        if problems:
+            raise SettingsError(problems)
+
+        if self.limit not in LIMIT_ALGORITHMS:
+            close = difflib.get_close_matches(self.limit, LIMIT_ALGORITHMS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            bad("limit", f"must be one of {', '.join(LIMIT_ALGORITHMS)}{hint}")
+        if self.minimum < 1:
+            bad("minimum", "must be at least 1 (a process must be able to serve a request)")
+        if self.maximum is not None and self.maximum < max(self.minimum, 1):
+            bad("maximum", f"must be at least {self.key('minimum')}={self.minimum}")
+        if self.initial is not None:
+            if self.initial < self.minimum:
+                bad("initial", f"must be at least {self.key('minimum')}={self.minimum}")
+            elif self.maximum is not None and self.initial > self.maximum:
+                bad("initial", f"must not exceed {self.key('maximum')}={self.maximum}")
+        if self.queue < 0:
+            bad("queue", "must be 0 (shed at once when the limit is reached) or more")
+        if self.target <= 0:
+            bad("target", "must be more than 0 seconds (e.g. 0.005)")
+        if self.interval <= 0:
+            bad("interval", "must be more than 0 seconds (e.g. 0.1)")
+        elif self.target > 0 and self.target >= self.interval:
+            bad(
+                "target",
+                f"must be below {self.key('interval')}={self.interval!r}: the queue counts as "
+                "standing only after it stayed non-empty for the interval",
+            )
+        if self.timeout <= 0:
+            bad("timeout", "must be more than 0 seconds (e.g. 0.1)")
+        elif self.target > 0 and self.timeout < self.target:
+            bad(
+                "timeout",
+                f"must be at least {self.key('target')}={self.target!r} (the wait under a "
+                "standing queue is the shorter one)",
+            )
+        for prefix in self.exempt:
+            if not prefix.startswith("/"):
+                bad("exempt", f"path prefix {prefix!r} must start with '/'")
+                break
+        if problems:
+            raise SettingsError(problems)
+
+    def as_json(self) -> dict[str, Any]:
+        """The settings as plain values (for /pooltender/stats)."""
+        return {
+            "enabled": self.enabled,
+            "limit": self.limit,
+            "initial": self.initial_limit,
+            "min": self.minimum,
+            "max": self.max_limit,
+            "queue": self.queue,
+            "target_s": self.target,
+            "interval_s": self.interval,
+            "timeout_s": self.timeout,
+            "exempt": list(self.exempt),
+        }
+
+    @classmethod
+    def from_mapping(
+        cls,
+        mapping: Mapping[str, Any],
+        *,
+        pool_cap: int | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> AdmissionSettings:
+        """Settings from the ``prefix``-ed admission keys of ``mapping`` (a Flask config,
+        ``os.environ``); other keys are ignored. ``pool_cap`` (the process's
+        pool_size + max_overflow) sets the defaults of ``initial`` and ``maximum``."""
+        by_key = {f"{prefix}{suffix}": name for name, (suffix, _kind) in _FIELDS.items()}
+        values: dict[str, Any] = {}
+        problems: list[SettingsProblem] = []
+        family = f"{prefix}ADMISSION_"
+        for key, raw in mapping.items():
+            if not isinstance(key, str):
+                continue
+            name = by_key.get(key)
+            if name is None:
+                if key.startswith(family):
+                    close = difflib.get_close_matches(key, sorted(by_key), n=1)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    problems.append(
+                        SettingsProblem(
+                            key, raw, f"is not a setting; {hint}valid keys: {', '.join(by_key)}"
+                        )
+                    )
+                continue
+            try:
+                values[name] = _parse_value(_FIELDS[name][1], raw)
+            except ValueError as exc:
+                problems.append(SettingsProblem(key, raw, str(exc)))
+        if problems:
+            raise SettingsError(problems)
+        settings = cls(**values, source_prefix=prefix)
+        return settings.for_pool(_DEFAULT_CAP if pool_cap is None else pool_cap)
+
+
+def _parse_value(kind: type, raw: object) -> object:
+    """``raw`` as ``kind``: numbers and booleans through settings.py's ``_parse``; the
+    algorithm name and the exempt list (strings) share its rule that ``""`` is an error."""
+    if kind is str or kind is tuple:
+        if isinstance(raw, str):
+            text = raw.strip()
+            if text == "":
+                raise ValueError("is empty; unset it to use the default, or give a value")
+            if kind is str:
+                return text.lower()
+            parts = tuple(part.strip() for part in text.split(","))
+            if any(part == "" for part in parts):
+                raise ValueError("has an empty path prefix; separate prefixes with single commas")
+            return parts
+        if kind is tuple and isinstance(raw, list | tuple | set | frozenset):
+            return tuple(raw)
+        return raw
+    return _parse(kind, raw)
