@@ -32,6 +32,7 @@ Environment variables (all optional in development):
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,53 @@ def _pool_settings(env: Mapping[str, str]) -> PoolSettings:
         raise ConfigError(str(exc)) from None
 
 
+#: Query parameters that carry credentials in database and broker URLs (libpq's
+#: ``password`` / ``sslpassword``, MySQL drivers' ``passwd``, cloud brokers' keys).
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;](?:[A-Za-z_]*(?:pass|pwd|secret|token|key)[A-Za-z_]*))=(?P<value>[^&;#]*)",
+    re.IGNORECASE,
+)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with every credential hidden: the password of ``user:password@`` and the value
+    of any query parameter named like a credential (``?password=``, ``?passwd=``,
+    ``&sslpassword=``, ``?secret_key=``...). Used for every URL a log line, an error or a
+    CLI prints."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, qmark, query = rest.partition("?")
+        credentials, at, host = authority.rpartition("@")  # a password may hold '@' or '/'
+        if at and ":" in credentials:
+            user = credentials.split(":", 1)[0]
+            url = f"{scheme}://{user}:***@{host}{qmark}{query}"
+    return _SECRET_PARAM.sub(lambda m: f"{m.group('name')}=***", url)
+
+
+def _broker_problem(url: str) -> str | None:
+    """Why kombu cannot use ``url`` (unknown scheme, transport library not installed), or None.
+
+    Resolving the transport imports its module, which is where a missing library shows
+    (``redis://`` without redis-py raises AttributeError, ``sqs://`` ModuleNotFoundError);
+    nothing is connected.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        return "is not a URL (expected e.g. amqp://user:pass@host:5672//)"
+    from kombu.transport import resolve_transport
+
+    try:
+        resolve_transport(scheme.split("+", 1)[0] if scheme.startswith("sqla+") else scheme)
+    except KeyError:
+        return f"names an unknown transport {scheme!r} (use amqp://, memory:// or sqla+...)"
+    except Exception as exc:  # the transport's module failed to import its library
+        return (
+            f"names the transport {scheme!r}, whose library is not installed "
+            f"({type(exc).__name__}: {exc})"
+        )
+    return None
+
+
 def default_database_url(base: Path | None = None) -> str:
     """The embedded default: a SQLite file under ./var/ of the working directory."""
     root = (base or Path.cwd()) / "var"
@@ -160,6 +208,10 @@ class Settings:
             raise ConfigError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL (both > 0)")
         if self.login_max_failures < 1 or self.login_failure_window < 1:
             raise ConfigError("LOGIN_MAX_FAILURES and LOGIN_FAILURE_WINDOW must be at least 1")
+        if self.broker_url != "memory://":
+            problem = _broker_problem(self.broker_url)
+            if problem is not None:
+                raise ConfigError(f"BROKER_URL={mask_url(self.broker_url)} {problem}")
 
     @property
     def backend(self) -> str:
@@ -169,18 +221,13 @@ class Settings:
 
     @property
     def masked_database_url(self) -> str:
-        """The database URL with its password hidden, for logs and CLI output."""
-        return make_url(self.database_url).render_as_string(hide_password=True)
+        """The database URL with its credentials hidden, for logs and CLI output."""
+        return mask_url(self.database_url)
 
     @property
     def masked_broker_url(self) -> str:
-        """The broker URL with its password hidden, for logs and CLI output."""
-        scheme, sep, rest = self.broker_url.partition("://")
-        if not sep or "@" not in rest:
-            return self.broker_url
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in credentials else self.broker_url
+        """The broker URL with its credentials hidden, for logs and CLI output."""
+        return mask_url(self.broker_url)
 
     @property
     def echo(self) -> bool:

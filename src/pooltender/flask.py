@@ -73,6 +73,7 @@ from pooltender.budget import (
     recommend_pool,
     shape_from_mapping,
 )
+from pooltender.failures import register_error_handlers
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
@@ -154,6 +155,7 @@ class _State:
     budget: BudgetReport | None = None
     requests_shed: int = 0
     requests_leaked: int = 0
+    requests_unavailable: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     mirror: MultiprocessMirror | None = None
 
@@ -172,7 +174,12 @@ class _State:
         return {
             "requests_shed": float(self.requests_shed),
             "requests_leaked_connection": float(self.requests_leaked),
+            "requests_unavailable": float(self.requests_unavailable),
         }
+
+    def count_unavailable(self, _kind: object) -> None:
+        with self.lock:
+            self.requests_unavailable += 1
 
 
 class Pooltender:
@@ -251,6 +258,10 @@ class Pooltender:
             app.before_request(self._before_request)
             app.teardown_request(self._teardown_request)
         app.register_error_handler(PoolExhausted, self._shed_response)
+        # failures.py: an unreachable database (or a dry pool outside shedding) is 503 too.
+        register_error_handlers(
+            app, retry_after=state.retry_after, on_unavailable=state.count_unavailable
+        )
         self._add_routes(app, state)
         # admission control (issue 10): wraps app.wsgi_app, so it runs before Flask's request
         install_admission(

@@ -29,6 +29,7 @@ pool_checkout_wait_seconds                     histogram  time blocked waiting f
 pool_hold_seconds                              histogram  time a connection was checked out
 requests_shed_total                            counter    requests answered 503 (no connection)
 requests_leaked_connection_total               counter    requests ending with a connection out
+requests_unavailable_total                     counter    requests answered 503 (database down)
 ============================================  =========  ======================================
 """
 

@@ -13,8 +13,9 @@
   primary key (``session.execute(update(Model), chunk)``). They neither begin nor commit:
   run them inside a :func:`transaction_scope` (one transaction) or commit per chunk yourself.
 * :func:`retry_transaction` -- re-run a whole transaction the database aborted to break a
-  deadlock or a serialization conflict (MySQL/MariaDB 1213 and 1205, PostgreSQL 40001 and
-  40P01, SQLite "database is locked"), a bounded number of times with jittered backoff.
+  deadlock or a serialization conflict (MySQL/MariaDB 1213 and 1205, PostgreSQL 40001,
+  40P01 and 55P03, SQLite "database is locked"; :func:`pooltender.failures.classify`'s
+  ``CONFLICT``), a bounded number of times with jittered backoff.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any, Final, TypeVar
 from sqlalchemy import Table, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
+
+from pooltender.failures import MYSQL_CONFLICT, POSTGRES_CONFLICT, is_retryable_conflict
 
 __all__ = [
     "bulk_insert_chunks",
@@ -47,11 +50,9 @@ T = TypeVar("T")
 
 AnySession = Session | scoped_session[Any]
 
-#: MySQL / MariaDB error numbers: deadlock found (1213), lock wait timeout exceeded (1205),
-#: snapshot conflict under innodb_snapshot_isolation (1020, MariaDB 11.6+).
-MYSQL_RETRYABLE: Final = frozenset({1213, 1205, 1020})
-#: PostgreSQL SQLSTATEs: serialization_failure (40001), deadlock_detected (40P01).
-POSTGRES_RETRYABLE: Final = frozenset({"40001", "40P01"})
+#: Kept importable from here; the classification lives in :mod:`pooltender.failures`.
+MYSQL_RETRYABLE: Final = MYSQL_CONFLICT
+POSTGRES_RETRYABLE: Final = POSTGRES_CONFLICT
 
 
 def _current(session: AnySession) -> Session:
@@ -148,22 +149,6 @@ def bulk_update_chunks(
         current.execute(stmt, chunk)
         total += len(chunk)
     return total
-
-
-def is_retryable_conflict(error: BaseException) -> bool:
-    """True for a deadlock / lock-wait / serialization failure that a retry can resolve."""
-    if not isinstance(error, DBAPIError):
-        return False
-    orig = error.orig
-    if orig is None:
-        return False
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in MYSQL_RETRYABLE:
-        return True
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in POSTGRES_RETRYABLE:
-        return True
-    return "database is locked" in str(orig)
 
 
 def retry_transaction(

@@ -76,6 +76,10 @@ def install_error_handlers(app: Flask) -> None:
         if status == 422 and "messages" in data:
             message, fields = _validation_message(data["messages"])
             return error_response(422, "validation_error", message, fields=fields)
+        if status >= 500 and status != 503:
+            # Flask's InternalServerError for an error a handler re-raised (pooltender's
+            # database handler re-raises what is not an outage): already logged by Flask.
+            return error_response(status, "internal_error", "an unexpected error occurred")
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
         return error_response(status, code, message)

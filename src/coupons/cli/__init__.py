@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from coupons.cli import db as db_commands
+from coupons.cli.common import CouponsGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CouponsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run and manage the coupon service.
 

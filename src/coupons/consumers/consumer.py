@@ -56,8 +56,7 @@ from typing import Any, Final
 
 from flask import Flask
 from sqlalchemy import insert, select
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 
 from coupons.consumers._kombu import (
     Consumer,
@@ -72,6 +71,7 @@ from coupons.db import db, transaction
 from coupons.errors import ServiceError, Unprocessable
 from coupons.models import Coupon, ProcessedMessage, Redemption, RedemptionStatus, utcnow
 from coupons.services.coupon import redeem_in_transaction, rollback_in_transaction
+from pooltender.failures import is_unavailable
 from pooltender.session import unit_of_work
 from pooltender.watch import PoolWatch, install_watch
 
@@ -79,8 +79,6 @@ log = logging.getLogger("coupons.consumer")
 
 #: Service error codes that are not business outcomes but a message nobody can apply as is.
 DEAD_LETTER_CODES: Final = frozenset({"coupon_not_found", "invalid_amount", "invalid_code"})
-#: MySQL/MariaDB client/server errors meaning the connection or the server went away.
-_MYSQL_UNAVAILABLE: Final = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
 _MAX_DETAIL: Final = 1000
 
 
@@ -136,25 +134,6 @@ class ConsumerOptions:
 class Result:
     outcome: Outcome
     reason: str | None = None
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when the database is unreachable or dropped the connection (not the message)."""
-    if isinstance(exc, PoolTimeoutError | DisconnectionError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in _MYSQL_UNAVAILABLE:
-        return True
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(sqlstate, str):
-        return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
-    # psycopg connection failures carry no SQLSTATE; pysqlite never loses its connection
-    return isinstance(exc, OperationalError) and type(orig).__module__.startswith("psycopg")
 
 
 def _body_text(message: KombuMessage) -> bytes | str:
