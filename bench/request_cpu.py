@@ -1,0 +1,427 @@
+"""Request CPU per endpoint, next to the raw driver's floor for the same SQL (issue 10).
+
+    .venv/bin/python bench/request_cpu.py [--url URL] [--requests 200] [--rounds 3]
+                                          [--profile FILE] [--configs default,no-leaks,bare]
+
+One process, one thread. A fresh MariaDB database is created (name ``coupons_bench_<pid>``,
+on the server of ``--url``, default ``$BENCH_MARIADB_URL`` or
+``mysql+mysqldb://root@127.0.0.1:3306/``), migrated with Alembic, seeded (one campaign
+without caps, 200 codes without per-code caps, a service user) and dropped at the end.
+
+Measured per request, after a warm-up, through the Flask test client (so the WSGI server's
+own cost is not in it, but routing, authentication, parsing, the service, the pool and the
+serialization are): ``time.process_time`` (this process's CPU, immune to the other
+processes of a shared machine as long as it is not starved) and wall time, for
+
+* ``redeem``            POST /redemptions, unique order id, no Idempotency-Key
+* ``redeem+key``        the same with an Idempotency-Key (a checkout backend sends one)
+* ``validate``          POST /coupons/{code}/validate
+* ``get``               GET /coupons/{code}
+* ``rollback``          POST /redemptions/{id}/rollback of a redemption made before
+
+and the *floor*: the statements a redemption sends today (the locking read of coupon and
+campaign, the ledger INSERT, the two conditional counter UPDATEs, the customer-usage upsert
+and its conditional UPDATE) and a COMMIT, sent as literal SQL through a raw ``MySQLdb``
+connection on the same tables; and the floor of a read (the coupon+campaign SELECT and a
+ROLLBACK). The ratios are CPU over the floor redeem's CPU (issue 10's targets: redeem <= 6x,
+validate and get <= 3x).
+
+Pooltender's own cost per request is the difference between app configurations measured
+in the same run, interleaved block by block so load drift hits each alike:
+
+* ``default``   what ``coupons serve`` builds: the watch with leak detection
+  (``leak_threshold`` 60 s), request shedding on
+* ``no-leaks``  the watch without leak detection (``POOLTENDER_LEAK_THRESHOLD=0``)
+* ``bare``      the same app with its engine replaced by a plain ``QueuePool`` engine (no
+  watch, no shedding): what is left is Flask + SQLAlchemy + our code
+
+Figures from a loaded machine are indicative only; the median of ``--rounds`` blocks is
+printed, with the machine's load average before and after. ``--profile FILE`` additionally
+runs the default app's redeem and validate under cProfile and writes the top functions
+(cumulative and own time) to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import os
+import pstats
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import MySQLdb
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from coupons import create_app
+from coupons.config import Settings
+from coupons.db import db
+from coupons.migrate import upgrade
+from coupons.models import Campaign, Coupon, Role, User
+from coupons.services.auth import Principal, issue_access_token
+from pooltender.settings import PoolSettings
+
+DEFAULT_URL = os.environ.get("BENCH_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
+SECRET = "bench-secret-key-that-is-long-enough-for-hs256"  # noqa: S105 (a throwaway key)
+CODES = 200
+API = "/api/v1"
+
+
+# --------------------------------------------------------------------------- database
+
+
+def create_database(admin_url: str, name: str) -> str:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+@dataclass
+class Seed:
+    campaign_id: int
+    codes: list[str]
+    token: str
+
+
+def seed(app: Flask, label: str) -> Seed:
+    """One campaign without caps, its codes, and a service user's token."""
+    with app.app_context():
+        campaign = Campaign(
+            name=f"bench {label}",
+            discount_type="percent",
+            discount_value=Decimal("10"),
+            currency="EUR",
+            per_customer_limit=1_000_000,
+        )
+        db.session.add(campaign)
+        db.session.flush()
+        codes = [f"B{label.upper()[:4]}-{i:05d}" for i in range(CODES)]
+        db.session.add_all(Coupon(campaign_id=campaign.id, code=c, use_count=0) for c in codes)
+        user = User(
+            email=f"{label}-{secrets.token_hex(3)}@bench.test",
+            password_hash="!unusable",  # noqa: S106 (not a password)
+            role=Role.SERVICE.value,
+            is_active=True,
+        )
+        db.session.add(user)
+        db.session.commit()
+        principal = Principal(user_id=user.id, email=user.email, role=user.role)
+        result = Seed(int(campaign.id), codes, issue_access_token(principal, SECRET, 3600))
+        db.session.remove()
+    return result
+
+
+# --------------------------------------------------------------------------- app requests
+
+
+@dataclass
+class AppTarget:
+    """One app configuration and the request makers for each endpoint."""
+
+    name: str
+    app: Flask
+    client: FlaskClient
+    seed: Seed
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    redeemed: list[int] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.seed.token}"}
+
+    def _code(self, n: int) -> str:
+        return self.seed.codes[n % len(self.seed.codes)]
+
+    def redeem(self, *, keyed: bool = False) -> None:
+        n = next(self.counter)
+        headers = self.headers
+        if keyed:
+            headers = {**headers, "Idempotency-Key": f"{self.name}-key-{n}"}
+        response = self.client.post(
+            f"{API}/redemptions",
+            json={
+                "code": self._code(n).lower(),
+                "customer_id": f"cust-{n % 997}",
+                "order_id": f"{self.name}-order-{n}",
+                "order_total": "80.00",
+            },
+            headers=headers,
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"redeem: {response.status_code} {response.get_data(as_text=True)}")
+        self.redeemed.append(int(response.get_json()["id"]))
+
+    def redeem_keyed(self) -> None:
+        self.redeem(keyed=True)
+
+    def validate(self) -> None:
+        n = next(self.counter)
+        response = self.client.post(
+            f"{API}/coupons/{self._code(n)}/validate",
+            json={"customer_id": f"cust-{n % 997}", "order_total": "80.00"},
+            headers=self.headers,
+        )
+        if response.status_code != 200 or not response.get_json()["valid"]:
+            raise RuntimeError(f"validate: {response.get_data(as_text=True)}")
+
+    def get(self) -> None:
+        n = next(self.counter)
+        response = self.client.get(f"{API}/coupons/{self._code(n)}", headers=self.headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"get: {response.get_data(as_text=True)}")
+
+    def rollback(self) -> None:
+        if not self.redeemed:
+            self.redeem()
+        redemption_id = self.redeemed.pop()
+        response = self.client.post(
+            f"{API}/redemptions/{redemption_id}/rollback", headers=self.headers
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"rollback: {response.get_data(as_text=True)}")
+
+
+def build_app(url: str, config: str) -> Flask:
+    leak = 0.0 if config == "no-leaks" else 60.0
+    pool = PoolSettings(pool_size=2, max_overflow=0, leak_threshold=leak)
+    settings = Settings(
+        database_url=url,
+        environment="test",
+        secret_key=SECRET,
+        pool=pool,
+        pooltender_config={"POOLTENDER_SHED": "false"} if config == "bare" else {},
+    )
+    app = create_app(settings)
+    if config == "bare":
+        # Swap the watched engine for a plain one (Flask-SQLAlchemy keeps engines per app in
+        # this mapping; a bench-only reach into it, to measure the app without pooltender).
+        with app.app_context():
+            watched = db.engine
+            plain = create_engine(
+                url, pool_size=2, max_overflow=0, pool_pre_ping=True, **settings.connect_options()
+            )
+            db._app_engines[app][None] = plain
+            watched.dispose()
+    return app
+
+
+# --------------------------------------------------------------------------- floor
+
+
+class Floor:
+    """The redemption's statements and a COMMIT through a raw MySQLdb connection."""
+
+    def __init__(self, url: str, seed: Seed) -> None:
+        parsed = make_url(url)
+        self.conn = MySQLdb.connect(
+            host=parsed.host or "127.0.0.1",
+            port=parsed.port or 3306,
+            user=parsed.username or "root",
+            passwd=parsed.password or "",
+            db=parsed.database,
+            charset="utf8mb4",
+        )
+        self.conn.autocommit(False)
+        self.seed = seed
+        self.counter = itertools.count()
+
+    def redeem(self) -> None:
+        n = next(self.counter)
+        code = self.seed.codes[n % len(self.seed.codes)]
+        customer = f"cust-{n % 997}"
+        cur = self.conn.cursor()
+        cur.execute(
+            "SELECT coupons.id, coupons.campaign_id, coupons.code, coupons.max_uses, "
+            "coupons.use_count, coupons.created_at, campaigns.id, campaigns.name, "
+            "campaigns.discount_type, campaigns.discount_value, campaigns.currency, "
+            "campaigns.starts_at, campaigns.ends_at, campaigns.max_redemptions, "
+            "campaigns.redemption_count, campaigns.per_customer_limit, "
+            "campaigns.min_order_total, campaigns.is_active, campaigns.created_at, "
+            "campaigns.updated_at FROM coupons INNER JOIN campaigns "
+            "ON coupons.campaign_id = campaigns.id WHERE coupons.code = %s FOR UPDATE",
+            (code,),
+        )
+        row = cur.fetchone()
+        coupon_id, campaign_id = row[0], row[1]
+        cur.execute(
+            "INSERT INTO redemptions (coupon_id, campaign_id, code, customer_id, order_id, "
+            "active_order_key, order_total, discount_amount, currency, status, redeemed_at, "
+            "rolled_back_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                coupon_id,
+                campaign_id,
+                code,
+                customer,
+                f"floor-{n}",
+                f"floor-{n}",
+                Decimal("80.00"),
+                Decimal("8.00"),
+                "EUR",
+                "redeemed",
+                "2026-01-01 00:00:00",
+                None,
+            ),
+        )
+        cur.execute(
+            "UPDATE coupons SET use_count = use_count + 1 WHERE coupons.id = %s "
+            "AND (coupons.max_uses IS NULL OR coupons.use_count < coupons.max_uses)",
+            (coupon_id,),
+        )
+        cur.execute(
+            "UPDATE campaigns SET redemption_count = redemption_count + 1 WHERE campaigns.id = %s "
+            "AND (campaigns.max_redemptions IS NULL "
+            "OR campaigns.redemption_count < campaigns.max_redemptions)",
+            (campaign_id,),
+        )
+        cur.execute(
+            "INSERT INTO customer_usage (campaign_id, customer_id, count) VALUES (%s, %s, 0) "
+            "ON DUPLICATE KEY UPDATE count = customer_usage.count",
+            (campaign_id, customer),
+        )
+        cur.execute(
+            "UPDATE customer_usage SET count = count + 1 WHERE campaign_id = %s "
+            "AND customer_id = %s AND count < %s",
+            (campaign_id, customer, 1_000_000),
+        )
+        cur.close()
+        self.conn.commit()
+
+    def read(self) -> None:
+        n = next(self.counter)
+        cur = self.conn.cursor()
+        cur.execute(
+            "SELECT coupons.id, coupons.code, coupons.max_uses, coupons.use_count, "
+            "campaigns.id, campaigns.discount_type, campaigns.discount_value "
+            "FROM coupons INNER JOIN campaigns ON coupons.campaign_id = campaigns.id "
+            "WHERE coupons.code = %s",
+            (self.seed.codes[n % len(self.seed.codes)],),
+        )
+        cur.fetchall()
+        cur.close()
+        self.conn.rollback()
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def block(fn: Callable[[], None], n: int) -> tuple[float, float]:
+    """CPU and wall seconds per call of ``fn`` over ``n`` calls."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - cpu0) / n, (time.perf_counter() - wall0) / n
+
+
+def profile(target: AppTarget, out: str, n: int) -> None:
+    buffer = io.StringIO()
+    for name, fn in (("redeem", target.redeem), ("validate", target.validate)):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(n):
+            fn()
+        profiler.disable()
+        stats = pstats.Stats(profiler, stream=buffer)
+        buffer.write(f"\n===== {name}: {n} requests, by cumulative time =====\n")
+        stats.sort_stats("cumulative").print_stats(40)
+        buffer.write(f"\n===== {name}: by own time =====\n")
+        stats.sort_stats("tottime").print_stats(30)
+    with open(out, "w", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+    print(f"profile written to {out}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=DEFAULT_URL, help="MariaDB server URL (no database)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per block")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved blocks per cell")
+    parser.add_argument("--configs", default="default,no-leaks,bare")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile summary here")
+    args = parser.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+
+    name = f"coupons_bench_{os.getpid()}"
+    admin = make_url(args.url).set(database=None).render_as_string(hide_password=False)
+    url = create_database(admin, name)
+    load_before = os.getloadavg()
+    try:
+        upgrade(url)
+        targets = []
+        for config in configs:
+            app = build_app(url, config)
+            targets.append(AppTarget(config, app, app.test_client(), seed(app, config)))
+        floor = Floor(url, seed(targets[0].app, "floor"))
+
+        cells: dict[tuple[str, str], Callable[[], None]] = {
+            ("floor", "redeem"): floor.redeem,
+            ("floor", "read"): floor.read,
+        }
+        for t in targets:
+            cells[(t.name, "redeem")] = t.redeem
+            cells[(t.name, "redeem+key")] = t.redeem_keyed
+            cells[(t.name, "validate")] = t.validate
+            cells[(t.name, "get")] = t.get
+            cells[(t.name, "rollback")] = t.rollback
+        for fn in cells.values():  # warm-up: compiled caches, pool, imports
+            block(fn, 30)
+        samples: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in cells}
+        for _ in range(args.rounds):
+            for key, fn in cells.items():
+                samples[key].append(block(fn, args.requests))
+        if args.profile:
+            profile(targets[0], args.profile, args.requests)
+    finally:
+        for t in locals().get("targets", []):
+            with t.app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+        if "floor" in locals():
+            floor.conn.close()
+        drop_database(admin, name)
+    load_after = os.getloadavg()
+
+    cpu = {k: statistics.median(s[0] for s in v) for k, v in samples.items()}
+    wall = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
+    base = cpu[("floor", "redeem")]
+    print(
+        f"request CPU, one thread, {args.rounds} x {args.requests} requests per cell "
+        f"(median block); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+    )
+    header = f"{'config':<10} {'endpoint':<11} {'CPU ms':>8} {'wall ms':>8}"
+    print(f"{header} {'x floor redeem CPU':>19}")
+    for (config, endpoint), value in cpu.items():
+        print(
+            f"{config:<10} {endpoint:<11} {value * 1e3:8.3f} {wall[(config, endpoint)] * 1e3:8.3f}"
+            f" {value / base:19.1f}"
+        )
+    if "bare" in configs:
+        print("\npooltender's own CPU per request (config minus bare), % of bare:")
+        for config in (c for c in configs if c != "bare"):
+            for endpoint in ("redeem", "validate", "get"):
+                extra = cpu[(config, endpoint)] - cpu[("bare", endpoint)]
+                share = 100 * extra / cpu[("bare", endpoint)]
+                print(f"  {config:<10} {endpoint:<9} {extra * 1e6:+8.1f} us  {share:+6.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
