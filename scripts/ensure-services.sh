@@ -10,7 +10,10 @@ wait_port() { for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 1; done
 
 if ! port_open 3306 && [ -x /usr/sbin/mariadbd ]; then
   echo "starting MariaDB"
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  # A pid file of our own: with --exec alone, start-stop-daemon takes any private mariadbd a
+  # test started (tests/pooltender/_servers.py) for the shared one and starts nothing.
+  start-stop-daemon --start --background --make-pidfile \
+    --pidfile /run/mysqld/mariadbd-shared.pid --exec /usr/sbin/mariadbd || true
   wait_port 3306 || echo "warning: MariaDB did not come up on 3306" >&2
 fi
 if ! port_open 5432 && [ -d /etc/postgresql ]; then
