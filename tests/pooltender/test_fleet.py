@@ -400,7 +400,7 @@ def test_before_settings_are_refused_by_the_budget(
     message = str(refused.value)
     assert_names_fix(
         message,
-        "fleet demand 64 exceeds the server's 20 client connections",
+        "fleet demand 64: server: 64 connections exceed the server's 20 client connections",
         "lower POOLTENDER_POOL_SIZE from 200 to 5 and POOLTENDER_MAX_OVERFLOW from 500 to 0",
         "hold one connection per request instead of 2",
     )
@@ -522,7 +522,8 @@ def test_gevent_postmortem_after_settings_are_refused_and_overflow(
     room = GEVENT_MAX_CONNECTIONS // workers
     assert_names_fix(
         message,
-        f"fleet demand {70 * workers} exceeds the server's 151 client connections",
+        f"fleet demand {70 * workers}: server: {70 * workers} connections exceed the server's "
+        "151 client connections",
         f"lower POOLTENDER_MAX_OVERFLOW from 50 to {room - 20} (per-process cap {room})",
     )
 
