@@ -237,7 +237,13 @@ class Database:
     def migrate(self, env: Mapping[str, str], log: Path) -> None:
         """``coupons db upgrade`` against the new database (the command an operator runs)."""
         proc = ProcessGroup(
-            [sys.executable, "-c", "from coupons.cli import main; main()", "db", "upgrade"],
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.argv[0] = 'coupons'; from coupons.cli import main; main()",
+                "db",
+                "upgrade",
+            ],
             env={**env, "DATABASE_URL": self.app_url},
             log=log,
         )
@@ -388,7 +394,7 @@ class Service:
         self.argv = [
             sys.executable,
             "-c",
-            "from coupons.cli import main; main()",
+            "import sys; sys.argv[0] = 'coupons'; from coupons.cli import main; main()",
             "serve",
             "--host",
             "127.0.0.1",
@@ -465,8 +471,10 @@ class Service:
         return ""
 
     def stop(self) -> None:
+        """Stop gunicorn and its workers (SIGINT: gunicorn's quick shutdown; a backlog of an
+        overload run is not worth serving), then SIGKILL what is left of the group."""
         if self.group is not None:
-            self.group.stop(grace=15)
+            self.group.stop(grace=10, first=signal.SIGINT)
             self.group = None
 
 

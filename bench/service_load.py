@@ -274,8 +274,13 @@ def run_phase(
     phase: Phase,
     round_no: int,
     rate: float,
+    last: bool = False,
 ) -> dict[str, Any]:
-    """One load run of ``phase`` against the running ``service``; the run's record."""
+    """One load run of ``phase`` against the running ``service``; the run's record.
+
+    Afterwards the service's backlog is drained (up to ``--drain`` s, until none of its
+    connections runs a statement) so the next phase starts clean; not after the ``last``
+    phase of a service, which is stopped anyway."""
     args = ctx.args
     ctx.run_counter += 1
     slug = f"{config.key}-{phase.key}".replace("+", "p")
@@ -303,7 +308,7 @@ def run_phase(
             raise BenchError(
                 f"the load generator exited with status {code}; log tail ({log}):\n{log_tail(log)}"
             )
-        drained_at = _drain(sampler, args.drain)
+        drained_at = 0.0 if last and phase.mode != "hot" else _drain(sampler, args.drain)
     samples = read_samples(out)
     if not samples.samples:
         raise BenchError(f"the load generator wrote no samples; log tail:\n{log_tail(log)}")
@@ -449,13 +454,15 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitSta
             admin_token = service.login(seed.admin_email, seed.password)
             print(f"  {config.label}: service up in {time.monotonic() - started:.1f} s")
             try:
-                for phase in phases:
+                for n, phase in enumerate(phases, 1):
                     rate = 0.0
                     if phase.loop == "open":
                         if capacity is None:
                             raise BenchError("AFTER's capacity is unknown (its saturation failed)")
                         rate = phase.rate_factor * capacity
-                    record = run_phase(ctx, service, admin_token, config, phase, round_no, rate)
+                    record = run_phase(
+                        ctx, service, admin_token, config, phase, round_no, rate, n == len(phases)
+                    )
                     records.append(record)
                     if capacity is None and config.key == BASELINE and phase.key == "saturation":
                         capacity = record["summary"]["goodput"]
@@ -481,11 +488,13 @@ def one_line(r: dict[str, Any]) -> str:
     s, c = r["summary"], r["connections"]
     load = f"{r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}"
     rate = f" @{r['rate']:.0f}/s" if r["rate"] else ""
-    errors = {k: v for k, v in s["by_status"].items() if not k.startswith("20")}
+    errors = {
+        k: v for k, v in s["by_status"].items() if not k.startswith(("200", "201", "503", "-1 "))
+    }
     return (
         f"{r['phase']:<15}{rate:>9} goodput {s['goodput']:7.1f}/s  p50 {_ms(s['admitted_p50_ms'])}"
         f" p99 {_ms(s['admitted_p99_ms'])}  503 {s['shed']:5d}  conns peak {c['peak']:3d} "
-        f"median {c['median']:5.1f}  unfinished {s['unfinished']}  other {errors or '-'}  "
+        f"median {c['median']:5.1f}  unanswered {s['unfinished']}  other {errors or '-'}  "
         f"load {load}"
     )
 
@@ -533,7 +542,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 continue
             s, c = r["summary"], r["connections"]
             others = {k: v for k, v in s["by_status"].items() if k[:3] not in ("200", "201")}
-            others = {k: v for k, v in others.items() if not k.startswith("503")}
+            others = {k: v for k, v in others.items() if not k.startswith(("503", "-1 "))}
             if s["unfinished"]:
                 others["unanswered"] = s["unfinished"]
             every = [
@@ -542,7 +551,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 if x["phase"] == phase and x["config"] == key
             ]
             rss = c["rss_peak_kib"]
-            wait = r["admission_waits"].get("shed", {}).get("p99_ms_le")
+            wait = server_wait_before_503_ms(r)
             lines.append(
                 f"| {CONFIGS[key].label} | {s['goodput']:.1f} | "
                 f"{_ratio(s['goodput'], base['summary']['goodput'] if base else None)} | "
@@ -554,6 +563,25 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 f"{' / '.join(every)} |"
             )
     return "\n".join(lines)
+
+
+def server_wait_before_503_ms(record: dict[str, Any]) -> float | None:
+    """p99 of the server-side wait of the requests shed with a 503, in ms: from the difference
+    of two /metrics scrapes around the run (fleet-wide, this run only); failing that, the
+    largest ``admission.shed_wait.p99_s`` of the workers that answered /pooltender/stats
+    (cumulative since the service started); None when the build exposes neither."""
+    from_metrics = record["admission_waits"].get("shed", {})
+    if from_metrics.get("count"):
+        value: float | None = from_metrics.get("p99_ms_le")
+        return value
+    p99s = [
+        s["admission"]["shed_wait"]["p99_s"]
+        for s in record["pooltender_stats"]
+        if isinstance(s.get("admission"), dict)
+        and isinstance(s["admission"].get("shed_wait"), dict)
+        and s["admission"]["shed_wait"].get("p99_s") is not None
+    ]
+    return max(p99s) * 1e3 if p99s else None
 
 
 def _num(value: float | None) -> str:
@@ -573,7 +601,7 @@ def targets(result: dict[str, Any], workers: int) -> list[Target]:
     rows = median_rows(result["records"])
     out: list[Target] = []
     per_process = 2 * workers
-    configs = sorted({r["config"] for r in result["records"]} - {BASELINE})
+    configs = [k for k in dict.fromkeys(r["config"] for r in result["records"]) if k != BASELINE]
     for key in configs:
 
         def row(phase: str, config: str = key) -> dict[str, Any] | None:
@@ -624,7 +652,7 @@ def targets(result: dict[str, Any], workers: int) -> list[Target]:
             fives = s["server_errors_non_503"]
             g_sat = sat["summary"]["goodput"] if sat else None
             p99_ref = ref["summary"]["admitted_p99_ms"] if ref else None
-            wait = over["admission_waits"].get("shed", {}).get("p99_ms_le")
+            wait = server_wait_before_503_ms(over)
             checks = [
                 n1040 == 0,
                 fives == 0,

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the build needs when they are missing.
 # mysqlclient compiles against libmariadb-dev and finds it with pkg-config; the dashboard's
-# browser test drives Debian's chromium; the `pooltender top` test drives tmux.
+# browser test drives Debian's chromium; the `pooltender top` test drives tmux; `make bench`
+# drives the service with wrk.
 # Usage: scripts/ensure-system-deps.sh [extra-package ...]
 set -euo pipefail
-want=(libmariadb-dev pkg-config chromium tmux "$@")
+want=(libmariadb-dev pkg-config chromium tmux wrk "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
