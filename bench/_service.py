@@ -104,6 +104,24 @@ class ProcessGroup:
             self.process.wait(timeout=5)
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of the live processes of process group ``pgid``, from
+    /proc/<pid>/stat (fields 14, 15 and the group in 5; man 5 proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _mysql_connect(host: str, port: int, user: str, password: str = "", db: str = "") -> Any:
     import MySQLdb
 
@@ -469,6 +487,10 @@ class Service:
             if status == 200:
                 return body.decode(errors="replace")
         return ""
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by gunicorn's master and workers."""
+        return group_cpu_seconds(self.group.pgid) if self.group is not None else 0.0
 
     def stop(self) -> None:
         """Stop gunicorn and its workers (SIGINT: gunicorn's quick shutdown; a backlog of an

@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -295,6 +296,8 @@ def run_phase(
     load_before = load_avg()
     with Sampler(ctx.database) as sampler:
         time.sleep(0.3)  # an idle point before the load
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        service_cpu_before = service.cpu_seconds()
         launch = time.monotonic()
         generator = ProcessGroup(_generator_argv(ctx, phase, service, rate, out, run_id), log=log)
         limit = args.warmup + args.duration + args.grace + 60
@@ -304,6 +307,12 @@ def run_phase(
             generator.stop(grace=2, first=signal.SIGINT)
             raise
         generator.stop(grace=1)
+        service_cpu = service.cpu_seconds() - service_cpu_before
+        wall = time.monotonic() - launch
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        generator_cpu = (children.ru_utime - children_before.ru_utime) + (
+            children.ru_stime - children_before.ru_stime
+        )
         if code != 0:
             raise BenchError(
                 f"the load generator exited with status {code}; log tail ({log}):\n{log_tail(log)}"
@@ -338,6 +347,10 @@ def run_phase(
         "pooltender_stats": service.stats(admin_token),
         "generator": samples.meta,
         "drain_s": drained_at,
+        # CPU over the generator's whole run (warm-up included), in cores' worth
+        "service_cpu_cores": round(service_cpu / wall, 2),
+        "generator_cpu_cores": round(generator_cpu / wall, 2),
+        "service_cpu_ms_per_response": round(1e3 * service_cpu / max(1, len(samples.samples)), 2),
         "sampler_error": sampler.error,
         "timeline": [
             (round(p.t - window[0], 3), p.connections, p.active, p.rss_kib) for p in sampler.points
@@ -495,7 +508,8 @@ def one_line(r: dict[str, Any]) -> str:
         f"{r['phase']:<15}{rate:>9} goodput {s['goodput']:7.1f}/s  p50 {_ms(s['admitted_p50_ms'])}"
         f" p99 {_ms(s['admitted_p99_ms'])}  503 {s['shed']:5d}  conns peak {c['peak']:3d} "
         f"median {c['median']:5.1f}  unanswered {s['unfinished']}  other {errors or '-'}  "
-        f"load {load}"
+        f"CPU cores service {r['service_cpu_cores']:.2f} generator {r['generator_cpu_cores']:.2f}"
+        f"  load {load}"
     )
 
 
