@@ -1,8 +1,8 @@
 """Service benchmark: the coupons service itself under gunicorn, per pool configuration, with a
 closed-loop (wrk) and an open-loop (bench/openloop.py) load -- issue 10, part 3.
 
-    .venv/bin/python bench/service_load.py            # the full run (about 9 minutes)
-    .venv/bin/python bench/service_load.py --quick    # a smoke run of the harness (~2 min)
+    .venv/bin/python bench/service_load.py            # the full run (about 10 minutes)
+    .venv/bin/python bench/service_load.py --quick    # smoke run: <= 15 s of load per config
 
 What runs (docs/benchmarks.md, "Service benchmark", says why):
 
@@ -751,10 +751,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
-        args.warmup = min(args.warmup, 2.0)
-        args.duration = min(args.duration, 5.0)
-        args.grace = min(args.grace, 3.0)
-        args.drain = min(args.drain, 10.0)
+        # 5 phases x (1 + 2) s: at most 15 s of load per configuration
+        args.warmup = min(args.warmup, 1.0)
+        args.duration = min(args.duration, 2.0)
+        args.grace = min(args.grace, 2.0)
+        args.drain = min(args.drain, 5.0)
     args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
     args.phases = [k.strip() for k in args.phases.split(",") if k.strip()]
     unknown = [k for k in args.configs if k not in CONFIGS] + [
