@@ -40,6 +40,12 @@ def commands(quick: bool, out: Path, passthrough: list[str]) -> dict[str, list[s
     """The command line of each benchmark (None: its script is not in this checkout)."""
     py = sys.executable
     request_cpu = HERE / "request_cpu.py"
+    # --json OUT is the interface bench/run.py expects; an older script without it still runs
+    cpu_json = (
+        ["--json", str(out / "request_cpu.json")]
+        if request_cpu.exists() and "--json" in request_cpu.read_text()
+        else []
+    )
     return {
         "service_load": [
             py,
@@ -53,8 +59,7 @@ def commands(quick: bool, out: Path, passthrough: list[str]) -> dict[str, list[s
             [
                 py,
                 str(request_cpu),
-                "--json",
-                str(out / "request_cpu.json"),
+                *cpu_json,
                 *(["--requests", "50", "--rounds", "1"] if quick else []),
             ]
             if request_cpu.exists()
