@@ -191,7 +191,7 @@ def _generator_argv(
     ctx: Context, phase: Phase, service: Service, rate: float, out: Path, run_id: str
 ) -> list[str]:
     args = ctx.args
-    total = args.warmup + args.duration
+    total = args.warmup + args.duration + args.tail
     if phase.loop == "closed":
         wrk = shutil.which("wrk")
         assert wrk is not None
@@ -741,6 +741,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--codes-per-campaign", type=int, default=20)
     parser.add_argument("--hot-codes", type=int, default=200)
     parser.add_argument("--grace", type=float, default=5.0, help="open loop: wait for answers")
+    parser.add_argument(
+        "--tail", type=float, default=3.0, help="closed loop: s wrk runs on after the window"
+    )
     parser.add_argument("--drain", type=float, default=30.0, help="max s to wait for a backlog")
     parser.add_argument("--mariadb-url", help="a local server (root URL) instead of a private one")
     parser.add_argument("--max-connections", type=int, default=151, help="private server's")
@@ -755,6 +758,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = min(args.warmup, 1.0)
         args.duration = min(args.duration, 2.0)
         args.grace = min(args.grace, 2.0)
+        args.tail = min(args.tail, 1.0)
         args.drain = min(args.drain, 5.0)
     args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
     args.phases = [k.strip() for k in args.phases.split(",") if k.strip()]
