@@ -48,6 +48,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # BENCH_ARGS: e.g. --quick (a smoke run), or names (service_load request_cpu ...)
 bench: $(BENCH_STAMP) services
+	@scripts/ensure-system-deps.sh  # wrk, even when the venv was built before it was listed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
