@@ -104,6 +104,24 @@ class ProcessGroup:
             self.process.wait(timeout=5)
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of the live processes of process group ``pgid``, from
+    /proc/<pid>/stat (fields 14, 15 and the group in 5; man 5 proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _mysql_connect(host: str, port: int, user: str, password: str = "", db: str = "") -> Any:
     import MySQLdb
 
@@ -237,7 +255,13 @@ class Database:
     def migrate(self, env: Mapping[str, str], log: Path) -> None:
         """``coupons db upgrade`` against the new database (the command an operator runs)."""
         proc = ProcessGroup(
-            [sys.executable, "-c", "from coupons.cli import main; main()", "db", "upgrade"],
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.argv[0] = 'coupons'; from coupons.cli import main; main()",
+                "db",
+                "upgrade",
+            ],
             env={**env, "DATABASE_URL": self.app_url},
             log=log,
         )
@@ -388,7 +412,7 @@ class Service:
         self.argv = [
             sys.executable,
             "-c",
-            "from coupons.cli import main; main()",
+            "import sys; sys.argv[0] = 'coupons'; from coupons.cli import main; main()",
             "serve",
             "--host",
             "127.0.0.1",
@@ -464,9 +488,15 @@ class Service:
                 return body.decode(errors="replace")
         return ""
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by gunicorn's master and workers."""
+        return group_cpu_seconds(self.group.pgid) if self.group is not None else 0.0
+
     def stop(self) -> None:
+        """Stop gunicorn and its workers (SIGINT: gunicorn's quick shutdown; a backlog of an
+        overload run is not worth serving), then SIGKILL what is left of the group."""
         if self.group is not None:
-            self.group.stop(grace=15)
+            self.group.stop(grace=10, first=signal.SIGINT)
             self.group = None
 
 

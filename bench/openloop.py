@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0 or args.duration <= 0:
         print("error: --rate and --duration must be positive", file=sys.stderr)
         return 2
+    # every request in flight holds a socket: lift the soft descriptor limit to the hard one
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     codes = _read_lines(args.codes)
     mix = Mix(
         host=f"{url.hostname}:{url.port}",

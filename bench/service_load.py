@@ -1,8 +1,8 @@
 """Service benchmark: the coupons service itself under gunicorn, per pool configuration, with a
 closed-loop (wrk) and an open-loop (bench/openloop.py) load -- issue 10, part 3.
 
-    .venv/bin/python bench/service_load.py            # the full run (about 9 minutes)
-    .venv/bin/python bench/service_load.py --quick    # a smoke run of the harness (~2 min)
+    .venv/bin/python bench/service_load.py            # the full run (about 10 minutes)
+    .venv/bin/python bench/service_load.py --quick    # smoke run: <= 15 s of load per config
 
 What runs (docs/benchmarks.md, "Service benchmark", says why):
 
@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -190,7 +191,7 @@ def _generator_argv(
     ctx: Context, phase: Phase, service: Service, rate: float, out: Path, run_id: str
 ) -> list[str]:
     args = ctx.args
-    total = args.warmup + args.duration
+    total = args.warmup + args.duration + args.tail
     if phase.loop == "closed":
         wrk = shutil.which("wrk")
         assert wrk is not None
@@ -274,8 +275,13 @@ def run_phase(
     phase: Phase,
     round_no: int,
     rate: float,
+    last: bool = False,
 ) -> dict[str, Any]:
-    """One load run of ``phase`` against the running ``service``; the run's record."""
+    """One load run of ``phase`` against the running ``service``; the run's record.
+
+    Afterwards the service's backlog is drained (up to ``--drain`` s, until none of its
+    connections runs a statement) so the next phase starts clean; not after the ``last``
+    phase of a service, which is stopped anyway."""
     args = ctx.args
     ctx.run_counter += 1
     slug = f"{config.key}-{phase.key}".replace("+", "p")
@@ -290,6 +296,8 @@ def run_phase(
     load_before = load_avg()
     with Sampler(ctx.database) as sampler:
         time.sleep(0.3)  # an idle point before the load
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        service_cpu_before = service.cpu_seconds()
         launch = time.monotonic()
         generator = ProcessGroup(_generator_argv(ctx, phase, service, rate, out, run_id), log=log)
         limit = args.warmup + args.duration + args.grace + 60
@@ -299,11 +307,17 @@ def run_phase(
             generator.stop(grace=2, first=signal.SIGINT)
             raise
         generator.stop(grace=1)
+        service_cpu = service.cpu_seconds() - service_cpu_before
+        wall = time.monotonic() - launch
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        generator_cpu = (children.ru_utime - children_before.ru_utime) + (
+            children.ru_stime - children_before.ru_stime
+        )
         if code != 0:
             raise BenchError(
                 f"the load generator exited with status {code}; log tail ({log}):\n{log_tail(log)}"
             )
-        drained_at = _drain(sampler, args.drain)
+        drained_at = 0.0 if last and phase.mode != "hot" else _drain(sampler, args.drain)
     samples = read_samples(out)
     if not samples.samples:
         raise BenchError(f"the load generator wrote no samples; log tail:\n{log_tail(log)}")
@@ -333,6 +347,10 @@ def run_phase(
         "pooltender_stats": service.stats(admin_token),
         "generator": samples.meta,
         "drain_s": drained_at,
+        # CPU over the generator's whole run (warm-up included), in cores' worth
+        "service_cpu_cores": round(service_cpu / wall, 2),
+        "generator_cpu_cores": round(generator_cpu / wall, 2),
+        "service_cpu_ms_per_response": round(1e3 * service_cpu / max(1, len(samples.samples)), 2),
         "sampler_error": sampler.error,
         "timeline": [
             (round(p.t - window[0], 3), p.connections, p.active, p.rss_kib) for p in sampler.points
@@ -449,13 +467,15 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitSta
             admin_token = service.login(seed.admin_email, seed.password)
             print(f"  {config.label}: service up in {time.monotonic() - started:.1f} s")
             try:
-                for phase in phases:
+                for n, phase in enumerate(phases, 1):
                     rate = 0.0
                     if phase.loop == "open":
                         if capacity is None:
                             raise BenchError("AFTER's capacity is unknown (its saturation failed)")
                         rate = phase.rate_factor * capacity
-                    record = run_phase(ctx, service, admin_token, config, phase, round_no, rate)
+                    record = run_phase(
+                        ctx, service, admin_token, config, phase, round_no, rate, n == len(phases)
+                    )
                     records.append(record)
                     if capacity is None and config.key == BASELINE and phase.key == "saturation":
                         capacity = record["summary"]["goodput"]
@@ -481,12 +501,15 @@ def one_line(r: dict[str, Any]) -> str:
     s, c = r["summary"], r["connections"]
     load = f"{r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}"
     rate = f" @{r['rate']:.0f}/s" if r["rate"] else ""
-    errors = {k: v for k, v in s["by_status"].items() if not k.startswith("20")}
+    errors = {
+        k: v for k, v in s["by_status"].items() if not k.startswith(("200", "201", "503", "-1 "))
+    }
     return (
         f"{r['phase']:<15}{rate:>9} goodput {s['goodput']:7.1f}/s  p50 {_ms(s['admitted_p50_ms'])}"
         f" p99 {_ms(s['admitted_p99_ms'])}  503 {s['shed']:5d}  conns peak {c['peak']:3d} "
-        f"median {c['median']:5.1f}  unfinished {s['unfinished']}  other {errors or '-'}  "
-        f"load {load}"
+        f"median {c['median']:5.1f}  unanswered {s['unfinished']}  other {errors or '-'}  "
+        f"CPU cores service {r['service_cpu_cores']:.2f} generator {r['generator_cpu_cores']:.2f}"
+        f"  load {load}"
     )
 
 
@@ -533,7 +556,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 continue
             s, c = r["summary"], r["connections"]
             others = {k: v for k, v in s["by_status"].items() if k[:3] not in ("200", "201")}
-            others = {k: v for k, v in others.items() if not k.startswith("503")}
+            others = {k: v for k, v in others.items() if not k.startswith(("503", "-1 "))}
             if s["unfinished"]:
                 others["unanswered"] = s["unfinished"]
             every = [
@@ -542,7 +565,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 if x["phase"] == phase and x["config"] == key
             ]
             rss = c["rss_peak_kib"]
-            wait = r["admission_waits"].get("shed", {}).get("p99_ms_le")
+            wait = server_wait_before_503_ms(r)
             lines.append(
                 f"| {CONFIGS[key].label} | {s['goodput']:.1f} | "
                 f"{_ratio(s['goodput'], base['summary']['goodput'] if base else None)} | "
@@ -554,6 +577,25 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 f"{' / '.join(every)} |"
             )
     return "\n".join(lines)
+
+
+def server_wait_before_503_ms(record: dict[str, Any]) -> float | None:
+    """p99 of the server-side wait of the requests shed with a 503, in ms: from the difference
+    of two /metrics scrapes around the run (fleet-wide, this run only); failing that, the
+    largest ``admission.shed_wait.p99_s`` of the workers that answered /pooltender/stats
+    (cumulative since the service started); None when the build exposes neither."""
+    from_metrics = record["admission_waits"].get("shed", {})
+    if from_metrics.get("count"):
+        value: float | None = from_metrics.get("p99_ms_le")
+        return value
+    p99s = [
+        s["admission"]["shed_wait"]["p99_s"]
+        for s in record["pooltender_stats"]
+        if isinstance(s.get("admission"), dict)
+        and isinstance(s["admission"].get("shed_wait"), dict)
+        and s["admission"]["shed_wait"].get("p99_s") is not None
+    ]
+    return max(p99s) * 1e3 if p99s else None
 
 
 def _num(value: float | None) -> str:
@@ -573,7 +615,7 @@ def targets(result: dict[str, Any], workers: int) -> list[Target]:
     rows = median_rows(result["records"])
     out: list[Target] = []
     per_process = 2 * workers
-    configs = sorted({r["config"] for r in result["records"]} - {BASELINE})
+    configs = [k for k in dict.fromkeys(r["config"] for r in result["records"]) if k != BASELINE]
     for key in configs:
 
         def row(phase: str, config: str = key) -> dict[str, Any] | None:
@@ -624,7 +666,7 @@ def targets(result: dict[str, Any], workers: int) -> list[Target]:
             fives = s["server_errors_non_503"]
             g_sat = sat["summary"]["goodput"] if sat else None
             p99_ref = ref["summary"]["admitted_p99_ms"] if ref else None
-            wait = over["admission_waits"].get("shed", {}).get("p99_ms_le")
+            wait = server_wait_before_503_ms(over)
             checks = [
                 n1040 == 0,
                 fives == 0,
@@ -699,6 +741,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--codes-per-campaign", type=int, default=20)
     parser.add_argument("--hot-codes", type=int, default=200)
     parser.add_argument("--grace", type=float, default=5.0, help="open loop: wait for answers")
+    parser.add_argument(
+        "--tail", type=float, default=3.0, help="closed loop: s wrk runs on after the window"
+    )
     parser.add_argument("--drain", type=float, default=30.0, help="max s to wait for a backlog")
     parser.add_argument("--mariadb-url", help="a local server (root URL) instead of a private one")
     parser.add_argument("--max-connections", type=int, default=151, help="private server's")
@@ -709,10 +754,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
-        args.warmup = min(args.warmup, 2.0)
-        args.duration = min(args.duration, 5.0)
-        args.grace = min(args.grace, 3.0)
-        args.drain = min(args.drain, 10.0)
+        # 5 phases x (1 + 2) s: at most 15 s of load per configuration
+        args.warmup = min(args.warmup, 1.0)
+        args.duration = min(args.duration, 2.0)
+        args.grace = min(args.grace, 2.0)
+        args.tail = min(args.tail, 1.0)
+        args.drain = min(args.drain, 5.0)
     args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
     args.phases = [k.strip() for k in args.phases.split(",") if k.strip()]
     unknown = [k for k in args.configs if k not in CONFIGS] + [

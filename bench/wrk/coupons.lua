@@ -19,8 +19,9 @@
 --
 -- Output (file `out`, written by done()): one line per response,
 --   kind status send_us recv_us error_code
--- kind r|v|g, error_code from the JSON error body or "-"; then "# wrk key=value ..." with
--- wrk's own counters (connect/read/write errors, timeouts).
+-- kind r|v|g, error_code from the JSON error body or "-"; status -1 for a request still
+-- unanswered when wrk stopped; then "# wrk key=value ..." with wrk's own counters
+-- (connect/read/write errors, timeouts).
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -62,7 +63,8 @@ local codes, hot_codes, token, run_id, hot_mode, idem
 local counter = 0
 samples = {} -- global: done() reads it with thread:get
 out_path = nil -- global, as above
-local pending_kind, pending_send = nil, 0
+-- the request in flight on this thread's connection (globals: done() reads them)
+pending_kind, pending_send = nil, 0
 local backoff = 0
 
 function init(args)
@@ -127,8 +129,9 @@ function response(status, headers, body)
     local seconds = tonumber(after or "")
     if seconds and seconds > 0 then backoff = seconds * 1000 end
   end
-  samples[#samples + 1] = (pending_kind or "?") .. " " .. status .. " " .. pending_send .. " "
-    .. recv .. " " .. code
+  samples[#samples + 1] = string.format("%s %d %d %d %s", pending_kind or "?", status,
+    pending_send, recv, code)
+  pending_kind = nil
 end
 
 function delay()
@@ -146,6 +149,11 @@ function done(summary, latency, requests)
     local got = thread:get("samples") or {}
     for _, line in ipairs(got) do
       out:write(line, "\n")
+      lines = lines + 1
+    end
+    local kind = thread:get("pending_kind")
+    if kind then -- sent, never answered before wrk stopped: counted, not timed
+      out:write(string.format("%s -1 %d %d -\n", kind, thread:get("pending_send"), now_us()))
       lines = lines + 1
     end
   end
