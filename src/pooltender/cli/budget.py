@@ -490,7 +490,8 @@ def render(outcome: BudgetOutcome) -> None:
     elif r.fits:
         console.print(f"[b green]verdict: FITS[/b green] (headroom {r.headroom})")
     else:
-        console.print("[b red]verdict: DOES NOT FIT[/b red]; remedies:")
+        over = f" (over by {-r.headroom})" if r.headroom is not None and r.headroom < 0 else ""
+        console.print(f"[b red]verdict: DOES NOT FIT[/b red]{over}; remedies:")
         for remedy in r.remedies:
             console.print(f"  - {remedy.action}")
     for problem in r.settings_problems:
