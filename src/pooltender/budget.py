@@ -742,6 +742,16 @@ class ConnectionBudget:
                         fewer,
                     )
                 )
+        if per_process_room < 1 and s.proxy is None:
+            remedies.append(
+                Remedy(
+                    "put a connection proxy in transaction mode in front of the server "
+                    "(fleet.proxy, POOLTENDER_FLEET_PROXY_KIND): the server then sees the "
+                    "proxy's server pool, sized by the fleet's busy connections, not "
+                    f"{s.processes} pools",
+                    f"{PROXY_PREFIX}KIND",
+                )
+            )
         if s.connections_per_request > 1:
             remedies.append(
                 Remedy(

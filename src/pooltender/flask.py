@@ -77,6 +77,7 @@ from pooltender.failures import register_error_handlers
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
+from pooltender.queueing import MMcQueue
 from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, SettingsProblem
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
 from pooltender.stats import PoolStats, pool_stats_json
@@ -453,10 +454,26 @@ def _mode(mode: str) -> EnforceMode:
 def _recommend(stats: PoolStats) -> dict[str, Any]:
     """Little's law on what this process measured: checkouts/s x mean hold time."""
     advice = recommend_pool(stats.checkouts_per_second, stats.hold_time_mean)
-    return {
+    out: dict[str, Any] = {
         "pool_size": advice.pool_size,
         "max_overflow": advice.max_overflow,
         "busy_connections_mean": advice.basis.busy_mean,
         "checkouts_per_second": stats.checkouts_per_second,
         "hold_time_mean_s": stats.hold_time_mean,
     }
+    if stats.hold_time_mean > 0:  # Erlang C (pooltender.queueing) beside the measured wait
+        rate, hold = stats.checkouts_per_second, stats.hold_time_mean
+        for label, cap in (("recommended", advice.cap), ("current", _cap(stats))):
+            if cap:
+                q = MMcQueue(arrival_rate=rate, hold_time=hold, servers=cap)
+                out[f"p_wait_{label}_cap"] = q.p_wait
+                p99 = q.wait_percentile(0.99)
+                out[f"p99_wait_s_{label}_cap"] = p99 if math.isfinite(p99) else None
+        out["p99_wait_s_measured"] = stats.checkout_wait.p99
+    return out
+
+
+def _cap(stats: PoolStats) -> int | None:
+    if stats.pool_size is None or stats.max_overflow is None:
+        return None
+    return stats.pool_size + max(stats.max_overflow, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -398,3 +399,151 @@ def test_check_startup_flags_recycle_beyond_session_wait_timeout() -> None:
         assert report.ok
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------ docs/scaling.md, on paper
+
+SCALING_DOC = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
+
+
+def test_scaling_doc_sizing_of_50_hosts(tmp_path: Path) -> None:
+    """The 50 hosts x 8 workers at 20,000 req/s sizing in docs/scaling.md: the fleet file is
+    taken from the page itself, the same calculation run, and every figure of its table and
+    steps checked against the result."""
+    from pooltender.cli.budget import budget
+    from pooltender.queueing import MMcQueue, smallest_pool
+
+    doc = SCALING_DOC.read_text()
+    block = doc.split("<!-- fleet-50x8 -->", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "fleet.toml"
+    path.write_text(block)
+    env: dict[str, str] = {}
+
+    central = budget(config=path, environ=env)
+    side = central.report.proxy_side
+    assert side is not None
+    assert central.report.ok
+    assert central.proxy_pool_for_target == 47 == side.proxy.server_pool_size
+    assert side.client_demand_per_instance == 816
+    assert side.server_demand == 54
+    assert central.report.required_max_connections == 57
+    pool = MMcQueue(arrival_rate=20000, hold_time=0.002, servers=47)
+    assert round(pool.p_wait, 3) == 0.205
+    assert round(pool.wait_percentile(0.99) * 1000, 2) == 0.86
+    per_process = MMcQueue(arrival_rate=50, hold_time=0.002, servers=2)
+    assert round(per_process.p_wait * 100, 2) == 0.48
+    assert per_process.wait_percentile(0.99) == 0.0
+    assert central.recommendation is not None
+    assert (central.recommendation.pool_size, central.recommendation.max_overflow) == (1, 1)
+
+    too_few_clients = budget(config=path, environ=env, proxy_max_client_conn=100)
+    assert not too_few_clients.report.fits
+    assert "fleet.proxy.max_client_conn" in too_few_clients.report.refusals[0]
+
+    per_host = budget(
+        config=path, environ=env, proxy_placement="per-host", proxy_server_pool_size=4
+    )
+    assert per_host.proxy_pool_for_target == 4
+    assert per_host.report.server_demand == 207
+    assert per_host.report.required_max_connections == 210
+    assert not per_host.report.fits  # the default 100 is refused
+
+    four_processes = budget(
+        config=path, environ=env, hosts=4, proxy_placement="per-host", proxy_server_pool_size=15
+    )
+    assert four_processes.proxy_pool_for_target == 15
+    assert smallest_pool(5000, 0.002, max_wait=0.001).servers == 15
+
+    no_proxy = budget(
+        environ=env,
+        hosts=50,
+        processes=8,
+        worker_model="threads",
+        concurrency=4,
+        consumers=16,
+        other_clients=4,
+        reserved=3,
+        pool_size=1,
+        max_overflow=1,
+        max_connections=100,
+        backend="postgresql",
+    )
+    defaults = budget(
+        environ=env,
+        hosts=50,
+        processes=8,
+        worker_model="threads",
+        concurrency=4,
+        consumers=16,
+        other_clients=4,
+        reserved=3,
+        settings=PoolSettings(),
+        max_connections=100,
+        backend="postgresql",
+    )
+    rows = {
+        "no proxy, pooltender defaults": (
+            defaults.report.server_demand,
+            defaults.report.required_max_connections,
+        ),
+        "no proxy, sized by Little's law": (
+            no_proxy.report.server_demand,
+            no_proxy.report.required_max_connections,
+        ),
+        "PgBouncer per host": (
+            per_host.report.server_demand,
+            per_host.report.required_max_connections,
+        ),
+        "PgBouncer central": (
+            central.report.server_demand,
+            central.report.required_max_connections,
+        ),
+    }
+    assert rows["no proxy, pooltender defaults"] == (1623, 1626)
+    assert rows["no proxy, sized by Little's law"] == (823, 826)
+    for layout, (connections, needed) in rows.items():
+        line = next(row for row in doc.splitlines() if row.startswith(f"| {layout} |"))
+        assert line.rstrip().endswith(f"| {connections} | {needed} |"), line
+
+
+def test_shape_from_mapping_collects_every_problem() -> None:
+    from pooltender.budget import shape_from_mapping
+    from pooltender.settings import SettingsError
+
+    with pytest.raises(SettingsError) as info:
+        shape_from_mapping(
+            {
+                "POOLTENDER_FLEET_HOSTZ": "2",
+                "POOLTENDER_FLEET_PROCESSES": "x",
+                "POOLTENDER_FLEET_PROXY_MODE": "statement",
+            }
+        )
+    message = str(info.value)
+    assert "did you mean POOLTENDER_FLEET_HOSTS?" in message
+    assert "POOLTENDER_FLEET_PROCESSES='x': must be a whole number" in message
+    assert "POOLTENDER_FLEET_PROXY_MODE='statement': must be one of transaction, session" in message
+    assert shape_from_mapping({"OTHER": "1", "POOLTENDER_FLEET_HOSTS": ""}) is None
+
+
+def test_proxy_moves_the_server_side_to_its_pools() -> None:
+    from pooltender.budget import ProxyShape
+
+    shape = FleetShape(
+        hosts=10,
+        processes_per_host=4,
+        worker_model=WorkerModel.GEVENT,
+        consumers=5,
+        other_clients=2,
+        reserved=1,
+        proxy=ProxyShape(placement="per-host", server_pool_size=3, max_client_conn=30),
+    )
+    report = ConnectionBudget(shape, PoolSettings(pool_size=4, max_overflow=2)).report(
+        ServerLimits.declared(40)
+    )
+    side = report.proxy_side
+    assert side is not None
+    assert report.total_demand == 10 * 4 * 6 + 5 + 2 + 1
+    assert side.client_demand_per_instance == 25  # (240 + 5) / 10 hosts, rounded up
+    assert side.server_demand == 10 * 3 + 2 + 1
+    assert report.fits
+    assert report.raise_lines == ()  # fits: nothing printed that would lower 40 to 33

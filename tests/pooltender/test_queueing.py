@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -210,3 +211,30 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(data, 1.0) == 100.0
     with pytest.raises(ValueError, match="no samples"):
         percentile([], 0.5)
+
+
+def test_pool_stats_recommendation_carries_erlang_c(tmp_path: Path) -> None:
+    """The recommendation in /pooltender/stats puts Erlang C's P(wait) and p99 wait for the
+    measured rate and hold time beside the measured p99 wait."""
+    from sqlalchemy import create_engine, text
+
+    from pooltender.flask import _recommend
+    from pooltender.watch import install_watch
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'w.db'}", pool_size=2, max_overflow=1)
+    watch = install_watch(engine)
+    try:
+        for _ in range(20):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        stats = watch.stats()
+        advice = _recommend(stats)
+        assert stats.hold_time_mean > 0
+        expected = MMcQueue(
+            arrival_rate=stats.checkouts_per_second, hold_time=stats.hold_time_mean, servers=3
+        )
+        assert advice["p_wait_current_cap"] == pytest.approx(expected.p_wait)
+        assert 0.0 <= advice["p_wait_recommended_cap"] <= 1.0
+        assert advice["p99_wait_s_measured"] == stats.checkout_wait.p99
+    finally:
+        engine.dispose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-_SUBCOMMANDS = ("budget", "doctor", "top", "lint", "kill_idle")
+_SUBCOMMANDS = ("budget", "doctor", "top", "lint", "kill_idle", "proxysql_config")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

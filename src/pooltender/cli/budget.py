@@ -400,7 +400,7 @@ def render(outcome: BudgetOutcome) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=200)
+    console = Console(highlight=False)
     r = outcome.report
     side = r.proxy_side
     table = Table(
@@ -459,7 +459,9 @@ def render(outcome: BudgetOutcome) -> None:
     elif r.fits:
         console.print(f"[b green]verdict: FITS[/b green] (headroom {r.headroom})")
     else:
-        console.print("[b red]verdict: DOES NOT FIT[/b red]; remedies:")
+        over = f" (over by {-r.headroom})" if r.headroom is not None and r.headroom < 0 else ""
+        tail = "; remedies:" if r.remedies else " (the refused lines below name the term)"
+        console.print(f"[b red]verdict: DOES NOT FIT[/b red]{over}{tail}")
         for remedy in r.remedies:
             console.print(f"  - {remedy.action}")
     for problem in r.settings_problems:
