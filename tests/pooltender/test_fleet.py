@@ -418,7 +418,9 @@ def test_before_settings_are_refused_by_the_budget(
     )
     boot = GunicornFleet(env, workers=WORKERS, threads=THREADS).expect_boot_failure()
     assert boot.returncode not in (None, 0), boot.log[-3000:]
-    assert "BudgetError: [pooltender-budget] fleet demand 64 exceeds" in boot.log, boot.log[-3000:]
+    assert "BudgetError: [pooltender-budget] fleet demand 64: server: 64 connections exceed" in (
+        boot.log
+    ), boot.log[-3000:]
     assert "lower POOLTENDER_POOL_SIZE from 200 to 5" in boot.log
     assert "Worker failed to boot" in boot.log
 
