@@ -29,7 +29,16 @@ pool_checkout_wait_seconds                     histogram  time blocked waiting f
 pool_hold_seconds                              histogram  time a connection was checked out
 requests_shed_total                            counter    requests answered 503 (no connection)
 requests_leaked_connection_total               counter    requests ending with a connection out
+admission_limit                                gauge      admission concurrency limit now
+admission_in_flight                            gauge      requests admitted, not yet finished
+admission_queue_length                         gauge      requests waiting for admission
+admission_admitted_total                       counter    requests admitted
+admission_shed_total{reason}                   counter    503s: queue_full, standing_queue,
+                                                          queue_timeout
+admission_queue_wait_seconds{outcome}          histogram  wait before admitted / shed
 ============================================  =========  ======================================
+
+The admission metrics (no ``engine`` label) come from :mod:`pooltender.admission.metrics`.
 """
 
 from __future__ import annotations

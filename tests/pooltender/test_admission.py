@@ -443,3 +443,27 @@ def test_the_default_limit_is_the_pool_cap_and_moved_pages_stay_exempt(
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_the_dashboard_shows_the_limit_in_flight_and_queue(tmp_path: Path, gate: Gate) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path / 'dash.db'}",
+        gate,
+        POOLTENDER_DASHBOARD=True,
+        POOLTENDER_ADMISSION_LIMIT="fixed",
+        POOLTENDER_ADMISSION_INITIAL=3,
+    )
+    try:
+        client = app.test_client()
+        page = client.get("/pooltender/dashboard/")
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert 'data-metric="admission.limit" data-value="3"' in html
+        assert 'data-metric="admission.queue_length"' in html
+        data = client.get("/pooltender/dashboard/data").get_json()["admission"]
+        assert (data["enabled"], data["limit"], data["in_flight"]) == (True, 3, 0)
+        with client.get("/pooltender/dashboard/static/dashboard.js") as script:
+            assert "drawAdmission" in script.get_data(as_text=True)
+    finally:
+        with app.app_context():
+            db.engine.dispose()

@@ -187,3 +187,60 @@ def test_coupons_serve_admits_requests_under_each_worker_class(
     assert admitted
     assert admitted[0] >= 1  # the worker ran the request through admission control
     assert f"Using worker: {worker_class}" in log.read_text()  # gunicorn's own start-up line
+
+
+MIRROR_SCRIPT = textwrap.dedent(
+    """
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from pooltender.admission import AdmissionLimiter, FixedLimit, Overloaded
+    from pooltender.admission.metrics import AdmissionMirror
+
+    lim = AdmissionLimiter(FixedLimit(2), max_queue=0)
+    mirror = AdmissionMirror(lim.stats)
+    held = [lim.acquire(), lim.acquire()]
+    for _ in range(3):
+        try:
+            lim.acquire()
+        except Overloaded:
+            pass
+    mirror.sync(force=True)
+    for admission in held:
+        admission.release()
+    lim.acquire().release()
+    mirror.sync(force=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    print(generate_latest(registry).decode())
+    """
+)
+
+
+def test_the_multiprocess_mirror_writes_what_a_gunicorn_scrape_reads(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = {**os.environ, "PYTHONPATH": SRC, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", MIRROR_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(done.stdout)
+        for s in family.samples
+    }
+    assert samples[("pooltender_admission_limit", ())] == 2
+    assert samples[("pooltender_admission_in_flight", ())] == 0
+    assert samples[("pooltender_admission_admitted_total", ())] == 3
+    assert samples[("pooltender_admission_shed_total", (("reason", "queue_full"),))] == 3
+    assert samples[("pooltender_admission_shed_total", (("reason", "standing_queue"),))] == 0
+    count = ("pooltender_admission_queue_wait_seconds_count", (("outcome", "shed"),))
+    assert samples[count] == 3
