@@ -1,6 +1,6 @@
 """Admission control under each worker model: gevent greenlets (monkey-patched, in a
 subprocess so this test process stays unpatched) and real gunicorn started by
-``coupons serve --worker-class gthread|gevent`` on a free port.
+``coupons serve --worker-class gthread|gevent|sync`` on a free port.
 
 (Threads -- the gthread model -- are what tests/pooltender/test_admission.py uses throughout.)
 """
@@ -112,7 +112,7 @@ def _get(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
-@pytest.fixture(params=["gthread", "gevent"])
+@pytest.fixture(params=["gthread", "gevent", "sync"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """``coupons serve --worker-class <param>``: real gunicorn, one worker, on a free port."""
     worker_class = request.param

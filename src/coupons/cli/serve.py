@@ -24,7 +24,8 @@ def run_gunicorn(
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", threads)
+            if worker_class == "gthread":  # gunicorn turns sync into gthread if threads > 1
+                self.cfg.set("threads", threads)
             self.cfg.set("worker_class", worker_class)
             self.cfg.set("accesslog", "-")
             self.cfg.set("graceful_timeout", gunicorn_conf.graceful_timeout)
@@ -47,7 +48,12 @@ def run_gunicorn(
     "--workers", default=2, show_default=True, envvar="WEB_WORKERS", type=click.IntRange(1)
 )
 @click.option(
-    "--threads", default=4, show_default=True, envvar="WEB_THREADS", type=click.IntRange(1)
+    "--threads",
+    default=4,
+    show_default=True,
+    envvar="WEB_THREADS",
+    type=click.IntRange(1),
+    help="Threads per gthread worker (ignored by gevent and sync).",
 )
 @click.option(
     "--worker-class",
