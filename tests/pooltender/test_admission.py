@@ -9,6 +9,7 @@ step has a generous bound so a broken limiter fails the test instead of hanging 
 from __future__ import annotations
 
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -465,5 +466,45 @@ def test_the_dashboard_shows_the_limit_in_flight_and_queue(tmp_path: Path, gate:
         with client.get("/pooltender/dashboard/static/dashboard.js") as script:
             assert "drawAdmission" in script.get_data(as_text=True)
     finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def test_the_dashboard_script_draws_the_admission_line_in_a_browser(
+    tmp_path: Path, gate: Gate
+) -> None:
+    from tests.pooltender.test_dashboard import LiveServer, _chromium_flags, chromium_path
+
+    chromium = chromium_path()
+    app, db = make_app(
+        f"sqlite:///{tmp_path / 'browser.db'}",
+        gate,
+        POOLTENDER_DASHBOARD=True,
+        POOLTENDER_ADMISSION_LIMIT="fixed",
+        POOLTENDER_ADMISSION_INITIAL=4,
+    )
+    live = LiveServer(app)
+    try:
+        done = subprocess.run(
+            [
+                chromium,
+                *_chromium_flags(str(tmp_path / "profile")),
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                live.url("/pooltender/dashboard/"),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        dom = done.stdout.decode()
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert int(dom.split('data-polls="')[1].split('"')[0]) >= 2  # drawn, then polled
+        line = dom.split('id="admission-line"')[1].split("</p>")[0]
+        assert 'data-metric="admission.limit" data-value="4"' in line
+        assert "(FixedLimit)" in line
+        assert "wait p99" in line  # only the script writes the wait figure
+    finally:
+        live.stop()
         with app.app_context():
             db.engine.dispose()
