@@ -128,6 +128,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         "SECRET_KEY": "a-test-secret-that-is-at-least-32-characters-long",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # admission settings reach the workers through the environment, as in production
+    env.update(POOLTENDER_ADMISSION_LIMIT="fixed", POOLTENDER_ADMISSION_INITIAL="3")
     with log.open("w") as out:
         process = subprocess.Popen(
             [
@@ -186,6 +188,8 @@ def test_coupons_serve_admits_requests_under_each_worker_class(
     ]
     assert admitted
     assert admitted[0] >= 1  # the worker ran the request through admission control
+    limit = [line for line in metrics.splitlines() if line.startswith("pooltender_admission_limit")]
+    assert limit == ["pooltender_admission_limit 3.0"]  # POOLTENDER_ADMISSION_* from the env
     assert f"Using worker: {worker_class}" in log.read_text()  # gunicorn's own start-up line
 
 
@@ -244,3 +248,24 @@ def test_the_multiprocess_mirror_writes_what_a_gunicorn_scrape_reads(tmp_path: P
     assert samples[("pooltender_admission_shed_total", (("reason", "standing_queue"),))] == 0
     count = ("pooltender_admission_queue_wait_seconds_count", (("outcome", "shed"),))
     assert samples[count] == 3
+
+
+def test_coupons_serve_refuses_a_bad_admission_setting_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from coupons.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--port", str(free_port())],
+        env={
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            "POOLTENDER_ADMISSION_LIMIT": "adaptive",
+        },
+    )
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "POOLTENDER_ADMISSION_LIMIT='adaptive'" in lines[0]
+    assert "gradient2" in lines[0]

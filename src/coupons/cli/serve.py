@@ -71,8 +71,16 @@ def serve(host: str, port: int, workers: int, threads: int, worker_class: str) -
     class (pooltender.admission); with gevent, the waiting ones are greenlets.
     """
     from coupons.cli.common import load_settings
+    from pooltender.admission import AdmissionSettings
+    from pooltender.settings import SettingsError
 
-    load_settings()  # fail fast, with a clean message, on a bad setting
+    settings = load_settings()  # fail fast, with a clean message, on a bad setting
+    try:  # the workers read these when they build the app; check them here, once, cleanly
+        AdmissionSettings.from_mapping(
+            settings.pooltender_config, pool_cap=settings.pool.per_process_cap
+        )
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     if worker_class == "gevent" and importlib.util.find_spec("gevent") is None:
         raise click.ClickException(
             "--worker-class gevent needs gevent: pip install 'pooltender[gevent]'"
