@@ -20,7 +20,7 @@ def test_defaults_follow_the_pool_cap() -> None:
     assert settings.enabled is True
     assert settings.limit == "gradient2"
     assert (settings.initial, settings.minimum, settings.maximum) == (3, 1, 6)
-    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.5)
+    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.1)
     assert settings.queue == 64
     assert settings.exempt == DEFAULT_EXEMPT == ("/healthz", "/readyz", "/metrics", "/pooltender")
     # a maximum below the cap pulls the derived initial limit down with it

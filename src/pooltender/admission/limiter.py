@@ -185,7 +185,7 @@ class AdmissionLimiter:
         max_queue: int = 64,
         target: float = 0.005,
         interval: float = 0.1,
-        timeout: float = 0.5,
+        timeout: float = 0.1,
         min_limit: int = 1,
         max_limit: int = 0,
         clock: Callable[[], float] = time.monotonic,
