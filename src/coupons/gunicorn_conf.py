@@ -1,6 +1,7 @@
 """gunicorn settings for the coupon service: ``gunicorn -c python:coupons.gunicorn_conf``.
 
-Environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WEB_WORKERS`` (2), ``WEB_THREADS`` (4).
+Environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WEB_WORKERS`` (2), ``WEB_THREADS`` (4),
+``WEB_WORKER_CLASS`` (gthread; or gevent with the ``gevent`` extra, or sync).
 Each worker is one process with one pool, so the fleet's connections are
 workers x (pool_size + max_overflow) per host; keep that inside the server's budget.
 """
@@ -13,7 +14,7 @@ from typing import Any
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
-worker_class = "gthread"
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread")
 accesslog = "-"
 graceful_timeout = 20
 timeout = 60

@@ -30,7 +30,16 @@ pool_hold_seconds                              histogram  time a connection was 
 requests_shed_total                            counter    requests answered 503 (no connection)
 requests_leaked_connection_total               counter    requests ending with a connection out
 requests_unavailable_total                     counter    requests answered 503 (database down)
+admission_limit                                gauge      admission concurrency limit now
+admission_in_flight                            gauge      requests admitted, not yet finished
+admission_queue_length                         gauge      requests waiting for admission
+admission_admitted_total                       counter    requests admitted
+admission_shed_total{reason}                   counter    503s: queue_full, standing_queue,
+                                                          queue_timeout
+admission_queue_wait_seconds{outcome}          histogram  wait before admitted / shed
 ============================================  =========  ======================================
+
+The admission metrics (no ``engine`` label) come from :mod:`pooltender.admission.metrics`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ holds no database connection and runs no code: it sleeps on a lock of its own, w
 finishing request releases. Only ``threading`` primitives are used, looked up when a wait
 starts, so gevent's monkey-patching makes waits cooperative (a greenlet, not the hub, sleeps).
 
-The limiter's lock guards a handful of integers and a deque; nothing blocks while holding it.
+The limiter's lock guards a handful of integers and a deque; nothing blocks while holding it,
+so even a limiter built before gevent patched ``threading`` (an app preloaded by gunicorn's
+master) is safe: no greenlet can switch out while it holds that lock.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class AdmissionLimiter:
         max_queue: int = 64,
         target: float = 0.005,
         interval: float = 0.1,
-        timeout: float = 0.5,
+        timeout: float = 0.1,
         min_limit: int = 1,
         max_limit: int = 0,
         clock: Callable[[], float] = time.monotonic,

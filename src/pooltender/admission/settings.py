@@ -12,7 +12,7 @@ key                                default      meaning
 ``POOLTENDER_ADMISSION_QUEUE``     64           most requests waiting at once (0: no queue)
 ``POOLTENDER_ADMISSION_TARGET``    0.005        seconds a request may wait under a standing queue
 ``POOLTENDER_ADMISSION_INTERVAL``  0.1          seconds the queue must stay non-empty to be standing
-``POOLTENDER_ADMISSION_TIMEOUT``   0.5          seconds a request may wait when the queue drained
+``POOLTENDER_ADMISSION_TIMEOUT``   0.1          seconds a request may wait when the queue drained
                                                 within the interval
 ``POOLTENDER_ADMISSION_EXEMPT``    /healthz,/readyz,/metrics,/pooltender
                                                 comma-separated path prefixes never queued
@@ -30,17 +30,18 @@ Why these defaults, for a 2-core box running a few workers each with a small poo
   connections can run without queueing on the pool; beyond 2x the extra threads only contend
   for the GIL and the two cores. The adaptive limit finds the point below it.
 * **min = 1.** A process always serves something.
-* **target 5 ms, interval 100 ms**: Facebook's values for its CoDel variant ("Fail at
-  Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms), which are also CoDel's
-  own defaults (RFC 8289: target 5 ms, interval 100 ms). A request that joins a queue that
-  has been non-empty for 100 ms waits at most 5 ms before its 503, so an overloaded process
-  answers "retry" in milliseconds.
-* **timeout 0.5 s**: the wait allowed when the queue drained within the interval, i.e. a
-  burst, not an overload. Facebook uses N (100 ms) for it too, for RPCs that take well under
-  a millisecond; a web request here takes 3-10 ms unloaded (a login with argon2 far more), so
-  a burst of a few dozen requests on a handful of slots needs longer than 100 ms to drain.
-  0.5 s is the pool's former shed wait (``POOLTENDER_SHED_WAIT``): no burst that used to be
-  served is now refused, and unlike the pool's wait it is spent before any parsing or auth.
+* **target 5 ms, interval 100 ms, timeout 100 ms**: Facebook's values for its CoDel variant
+  ("Fail at Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms; N is both the
+  interval and the long wait), which are also CoDel's own defaults (RFC 8289: target 5 ms,
+  interval 100 ms). A request that joins a queue that has been non-empty for 100 ms waits
+  at most 5 ms before its 503, so an overloaded process answers "retry" in milliseconds; a
+  burst (the queue drained within the last 100 ms) may wait up to 100 ms, several times a
+  request's service time here (3-10 ms unloaded). The long wait is also a hard bound on
+  any wait before a 503: at a few dozen requests per second per process a queue of
+  5-ms waiters often empties by shedding, which makes the next arrival's wait the long one
+  again, so a longer default (such as the pool's 0.5 s shed wait) would let 503s take that
+  long under overload. Raise it, with the interval, for a service whose requests are slow by
+  design (a login hashing a password with argon2 takes tens of milliseconds).
 * **queue 64**: a bound on waiting threads/greenlets, far above what a gthread worker's
   threads can fill; the timeouts, not the length, normally end a wait.
 
@@ -101,7 +102,7 @@ class AdmissionSettings:
     queue: int = 64
     target: float = 0.005
     interval: float = 0.1
-    timeout: float = 0.5
+    timeout: float = 0.1
     exempt: tuple[str, ...] = DEFAULT_EXEMPT
     source_prefix: str = DEFAULT_PREFIX
 
