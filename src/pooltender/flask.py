@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify
+from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.engine import Engine, make_url
 
 from pooltender.budget import (
@@ -66,7 +66,8 @@ from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_e
 from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, SettingsProblem
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
 from pooltender.stats import PoolStats, pool_stats_json
-from pooltender.watch import PoolWatch, install_watch, watch_of
+from pooltender.units import begin_unit
+from pooltender.watch import PoolWatch, end_unit_of_work, install_watch, watch_of
 
 __all__ = [
     "EXTENSION_KEYS",
@@ -258,6 +259,7 @@ class Pooltender:
                         for each in db.engines.values():
                             each.dispose()  # a refused app must not leave connections behind
                         raise
+        app.before_request(self._begin_unit)
         if state.shed:
             app.before_request(self._before_request)
             app.teardown_request(self._teardown_request)
@@ -304,6 +306,10 @@ class Pooltender:
         state: _State = current_app.extensions["pooltender"]
         return state
 
+    def _begin_unit(self) -> None:
+        # the request is the unit of work that owns its checkouts, not the (reused) thread
+        g._pooltender_unit_token = begin_unit(f"request {request.method} {request.path}")
+
     def _before_request(self) -> None:
         g._pooltender_shed_token = begin_shed_wait(self._state().settings.shed_wait)
 
@@ -330,26 +336,36 @@ class Pooltender:
         return response
 
     def _teardown(self, _exc: BaseException | None) -> None:
-        """Safety net: a connection still held by this thread after the session was removed
-        was checked out outside the scoped session (a second Session, a raw
-        ``engine.connect()`` never closed) and would leak; log it with its stack and count it.
+        """Safety net: a connection still held by this request (its unit of work) after the
+        session was removed was checked out outside the scoped session (a second Session, a
+        raw ``engine.connect()`` never closed) and would leak: log it once with where it was
+        checked out and count it; from then on it belongs to nobody, so later requests on
+        the same thread are not blamed. An app context without a request (a CLI command, a
+        consumer) checks what its owner (task or thread) holds, without disowning it.
         """
         state = current_app.extensions.get("pooltender")
         if state is None:
             return
-        for name, watch in state.watches().items():
-            held = watch.held_by_current_owner()
-            if held:
-                with state.lock:
-                    state.requests_leaked += 1
-                where = "; ".join(c.where for c in watch.open_checkouts_of_current_owner())
-                log.warning(
-                    "request ended with %d connection(s) of engine %r still checked out outside "
-                    "db.session (checked out at: %s)",
-                    held,
-                    name,
-                    where or "unknown",
-                )
+        token = g.pop("_pooltender_unit_token", None)
+        if token is not None:
+            leaks = [(leak.engine, leak.held, leak.where) for leak in end_unit_of_work(token)]
+        else:
+            leaks = [
+                (name, held, tuple(c.where for c in watch.open_checkouts_of_current_owner()))
+                for name, watch in state.watches().items()
+                if (held := watch.held_by_current_owner())
+            ]
+        if leaks:
+            with state.lock:
+                state.requests_leaked += 1
+        for engine, held, where in leaks:
+            log.warning(
+                "request ended with %d connection(s) of engine %s still checked out outside "
+                "db.session (checked out at: %s)",
+                held,
+                engine,
+                "; ".join(where) or "unknown",
+            )
         if state.mirror is not None:
             state.mirror.sync()
 

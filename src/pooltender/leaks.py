@@ -144,7 +144,8 @@ class TrackedCheckout:
     """What the tracker keeps about one checkout: where it came from, and its report state.
 
     ``seq`` is the watch's checkout number (a test guard compares it with its start);
-    ``open`` and ``reported`` change only under the watch's lock.
+    ``open``, ``reported`` and ``owner`` (which becomes nobody when its unit of work ends with
+    it still out) change only under the watch's lock.
     """
 
     __slots__ = (
@@ -242,6 +243,10 @@ class Tracker(Protocol):
     def open_checkouts(self) -> list[TrackedCheckout]:
         """The tracked checkouts not yet returned, oldest first."""
 
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
+        """Give ``owner``'s open checkouts to ``new_owner`` (its unit of work ended); return
+        them, oldest first."""
+
     def stop(self) -> None:
         """Stop any background thread; the tracker is not used again."""
 
@@ -260,6 +265,9 @@ class _NoTracking:
         return None
 
     def open_checkouts(self) -> list[TrackedCheckout]:
+        return []
+
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
         return []
 
     def stop(self) -> None:
@@ -332,6 +340,13 @@ class StackTracker:
         """The tracked checkouts not yet returned, oldest first."""
         with self._lock:
             return sorted(self._live.values(), key=lambda t: t.seq)
+
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
+        with self._lock:
+            mine = sorted((t for t in self._live.values() if t.owner == owner), key=lambda t: t.seq)
+            for tracked in mine:
+                tracked.owner = new_owner
+        return mine
 
     def adopt(self, previous: Tracker) -> None:
         """Take over the open checkouts of the tracker this one replaces (reconfiguration)."""

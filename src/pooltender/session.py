@@ -31,6 +31,8 @@ from sqlalchemy import Table, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
+from pooltender.watch import unit_scope
+
 __all__ = [
     "bulk_insert_chunks",
     "bulk_update_chunks",
@@ -90,16 +92,21 @@ def unit_of_work(session: scoped_session[S]) -> Iterator[S]:
 
     The post-mortem's loop logged and swallowed the error; here it propagates so the caller
     decides (nack, dead-letter, log). Use inside an app context with Flask-SQLAlchemy.
+
+    The block is a unit of work (:func:`pooltender.watch.unit_scope`): a second connection
+    checked out in it is reported, and one still out after ``remove()`` is logged once and
+    then owned by nobody, so the next message on the same thread is not blamed for it.
     """
-    current = session()
-    try:
-        yield current
-        current.commit()
-    except BaseException:
-        _rollback_quietly(current)
-        raise
-    finally:
-        session.remove()
+    with unit_scope("unit_of_work"):
+        current = session()
+        try:
+            yield current
+            current.commit()
+        except BaseException:
+            _rollback_quietly(current)
+            raise
+        finally:
+            session.remove()
 
 
 def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:

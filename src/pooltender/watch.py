@@ -48,12 +48,16 @@ The hot path -- checkout and checkin -- is where a choice was needed:
 Per-checkout state lives in the connection record's public ``record_info`` dict (key
 ``"pooltender.watch"``), so a checkin finds its checkout without a registry lookup.
 
-**Units of work.** The owner of a checkout is ``threading.get_ident()`` by default: one owner
-per OS thread, and per greenlet under gevent/eventlet monkeypatching (they patch
-``get_ident``). For asyncio pass ``owner=task_owner``. An owner that checks out a second
-connection while holding one -- the post-mortem's ``Session(bind=db.engine)`` beside
-``db.session`` -- is counted (``second_checkouts``) and logged on ``pooltender.watch`` with the
-``file:line`` stack of the second checkout (and of the first when stacks are captured).
+**Units of work.** The owner of a checkout is the unit of work (:mod:`pooltender.units`): the
+request under the Flask extension, :func:`pooltender.session.unit_of_work` or
+:func:`unit_scope`, else the running asyncio task, else the thread (``threading.get_ident()``,
+per greenlet under gevent/eventlet monkeypatching); reading it is one ``ContextVar.get`` on
+the checkout path. An owner that checks out a second connection while holding one -- the
+post-mortem's ``Session(bind=db.engine)`` beside ``db.session`` -- is counted
+(``second_checkouts``) and logged on ``pooltender.watch`` with the ``file:line`` stack of the
+second checkout (and of the first when stacks are captured), once per call site. When a unit
+ends (:func:`end_unit_of_work`) with connections still out, they are reported once and then
+owned by nobody: a later unit on the same reused thread is never blamed for them.
 
 **Leaks** are :mod:`pooltender.leaks`'s job (a do-nothing tracker when detection is off).
 """
@@ -61,6 +65,7 @@ connection while holding one -- the post-mortem's ``Session(bind=db.engine)`` be
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import threading
@@ -68,7 +73,8 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -95,6 +101,7 @@ from pooltender.stats import (
     PoolStats,
     SecondCheckoutReport,
 )
+from pooltender.units import NOBODY, UnitOfWork, begin_unit, current_owner, reset_unit
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -111,9 +118,12 @@ __all__ = [
     "PoolStats",
     "PoolWatch",
     "SecondCheckoutReport",
+    "UnitLeak",
     "WatchedQueuePool",
+    "end_unit_of_work",
     "install_watch",
     "task_owner",
+    "unit_scope",
     "watch_of",
 ]
 
@@ -128,7 +138,9 @@ _KEY: Final = "pooltender.watch"
 
 
 def task_owner() -> Hashable:
-    """Owner key for asyncio code: the running task, else the thread (pass as ``owner=``)."""
+    """Owner key for asyncio code: the running task, else the thread. The default owner
+    (:func:`pooltender.units.current_owner`) already prefers the task; kept for callers that
+    pass ``owner=task_owner`` and want units of work ignored."""
     try:
         task = asyncio.current_task()
     except RuntimeError:
@@ -305,11 +317,12 @@ class WatchedQueuePool(QueuePool):
                         hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
                     hot.hold_total += held_for
                     held_by = hot.held
-                    held = held_by[owner] - 1
-                    if held:
+                    held = held_by.get(owner, 0) - 1
+                    if held > 0:
                         held_by[owner] = held
-                    else:
+                    elif held == 0:
                         del held_by[owner]
+                    # else its unit of work ended with it out: disowned, held by nobody
                 finally:
                     hot.release()
                 if tracked is not None:
@@ -348,7 +361,7 @@ class PoolWatch:
         leak_threshold: float = 0.0,
         capture_stacks: bool = False,
         report_second_checkouts: bool = True,
-        owner: Callable[[], Hashable] = threading.get_ident,
+        owner: Callable[[], Hashable] = current_owner,
         max_reports: int = 100,
     ) -> None:
         self._engine_ref = weakref.ref(engine)
@@ -500,10 +513,10 @@ class PoolWatch:
             hot.out -= 1
             hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
             hot.hold_total += held_for
-            held = hot.held[owner] - 1
-            if held:
+            held = hot.held.get(owner, 0) - 1
+            if held > 0:
                 hot.held[owner] = held
-            else:
+            elif held == 0:
                 del hot.held[owner]
         if tracked is not None:
             self._tracker.on_checkin(tracked, now)
@@ -677,6 +690,24 @@ class PoolWatch:
             if t.owner == owner
         )
 
+    def release_unit(self, unit: Hashable) -> UnitLeak | None:
+        """``unit`` ended: what it still holds is returned (to be reported once) and from now
+        on owned by nobody, so no later owner is counted as holding it; None if nothing."""
+        hot = self._hot
+        with hot.lock:
+            held = hot.held.pop(unit, 0)
+        if not held:
+            return None
+        disowned = self._tracker.disown(unit, NOBODY)
+        return UnitLeak(
+            engine=self._name,
+            unit=getattr(unit, "name", repr(unit)),
+            held=held,
+            where=tuple(
+                f"{t.stack[0].filename}:{t.stack[0].lineno}" if t.stack else "?" for t in disowned
+            ),
+        )
+
     def sweep(self) -> int:
         """Run one leak sweep now (tests; the sweeper thread does this on its own)."""
         tracker = self._tracker
@@ -738,7 +769,7 @@ def install_watch(
     leak_threshold: float = 0.0,
     capture_stacks: bool = False,
     report_second_checkouts: bool = True,
-    owner: Callable[[], Hashable] = threading.get_ident,
+    owner: Callable[[], Hashable] = current_owner,
     max_reports: int = 100,
 ) -> PoolWatch:
     """Install the watch on ``engine`` (idempotent) and return it.
@@ -746,7 +777,8 @@ def install_watch(
     ``leak_threshold``: seconds a checkout may last before it is reported (0 = off).
     ``capture_stacks``: keep each checkout's stack even without a threshold.
     ``report_second_checkouts``: log and count an owner's second concurrent checkout.
-    ``owner``: who a checkout belongs to (thread by default; :func:`task_owner` for asyncio).
+    ``owner``: who a checkout belongs to (default :func:`pooltender.units.current_owner`: the
+    unit of work, else the asyncio task, else the thread).
     ``max_reports``: how many of each kind of report are kept (oldest dropped).
 
     A second call on the same engine returns the existing watch. A non-zero
@@ -777,3 +809,51 @@ def install_watch(
 def watch_of(engine: Engine) -> PoolWatch | None:
     """The watch installed on ``engine``, or None."""
     return _WATCHES.get(engine)
+
+
+# --------------------------------------------------------------------------- units of work
+
+
+@dataclass(frozen=True)
+class UnitLeak:
+    """A unit of work ended with ``held`` connections of ``engine`` still checked out
+    (``where``: ``file:line`` of each, when stacks were captured). Reported once; the
+    connections then belong to nobody."""
+
+    engine: str
+    unit: str
+    held: int
+    where: tuple[str, ...]
+
+    def __str__(self) -> str:
+        places = "; ".join(self.where) or "unknown (enable leak detection for the stack)"
+        return (
+            f"{self.unit} ended with {self.held} connection(s) of engine {self.engine} still "
+            f"checked out (checked out at: {places})"
+        )
+
+
+def end_unit_of_work(token: contextvars.Token[UnitOfWork | None]) -> tuple[UnitLeak, ...]:
+    """End the unit begun with :func:`pooltender.units.begin_unit` and release it from every
+    watch: what it still holds is returned, for the caller to report once, and owned by
+    nobody from now on."""
+    unit = reset_unit(token)
+    if unit is None:
+        return ()
+    with _REGISTRY_LOCK:
+        watches = list(_WATCHES.values())
+    leaks = [leak for watch in watches if (leak := watch.release_unit(unit)) is not None]
+    return tuple(leaks)
+
+
+@contextmanager
+def unit_scope(name: str) -> Iterator[None]:
+    """A unit of work for the block: its checkouts are its own (a second one is reported),
+    and a connection still out at its end is logged once on ``pooltender.watch`` and then
+    owned by nobody."""
+    token = begin_unit(name)
+    try:
+        yield
+    finally:
+        for leak in end_unit_of_work(token):
+            logger.warning("pooltender: %s", leak)
