@@ -17,6 +17,10 @@ Celery::
     connect_celery(lambda: [engine])          # or: lambda: db.engines.values() in an app context
 
 Anything else: call :func:`dispose_inherited` first thing in the child.
+
+The watch's own state needs no hook: :mod:`pooltender.watch` and :mod:`pooltender.liveness`
+register ``os.register_at_fork(after_in_child=...)``, so a forked child starts with fresh
+locks, counts from zero and a leak sweeper of its own (started on its first checkout).
 """
 
 from __future__ import annotations

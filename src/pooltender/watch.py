@@ -68,6 +68,7 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -221,23 +222,29 @@ class _Hot:
         self, watch: PoolWatch, owner: Callable[[], Hashable], report_second: bool
     ) -> None:
         self.watch = watch
+        self.owner = owner
+        self.report_second = report_second
+        self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
+        self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
+        self.wait_first = self.wait_bounds[0]
+        self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
+        self.hold_first = self.hold_bounds[0]
+        self.start()
+
+    def start(self) -> None:
+        """A new lock and every count at zero (at creation, and in a forked child, where the
+        parent's lock may be held by a thread that does not exist and its counts are not
+        this process's)."""
         self.lock = threading.Lock()
         self.acquire = self.lock.acquire
         self.release = self.lock.release
-        self.owner = owner
-        self.report_second = report_second
         self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
         self.seq = itertools.count(1)  # numbers tracked checkouts; atomic without the lock
-        self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
         self.out = 0
         self.high = 0
         # histograms: counts per bucket (last = +Inf) and a sum in ns
-        self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
-        self.wait_first = self.wait_bounds[0]
         self.wait_counts = [0] * (len(CHECKOUT_WAIT_BUCKETS) + 1)
         self.wait_total = 0
-        self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
-        self.hold_first = self.hold_bounds[0]
         self.hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
         self.hold_total = 0
 
@@ -366,9 +373,19 @@ class PoolWatch:
     ) -> None:
         self._engine_ref = weakref.ref(engine)
         self._name = engine.url.render_as_string(hide_password=True)
-        self._hot = hot = _Hot(self, owner, report_second_checkouts)
-        self._lock = hot.lock
+        self._hot = _Hot(self, owner, report_second_checkouts)
         self._owner = owner
+        self._max_reports = max_reports
+        self._leak_threshold = 0.0
+        self._capture_stacks = False
+        self._tracker: Tracker = NO_TRACKING
+        self._listeners: list[tuple[str, Callable[..., None]]] = []
+        self._start()
+        self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
+
+    def _start(self) -> None:
+        """Every count, report and the rate window from zero (``_hot`` already started)."""
+        self._lock = self._hot.lock
         self._detaches = 0
         self._connects = 0
         self._closes = 0
@@ -383,16 +400,24 @@ class PoolWatch:
         self._gc_returns = 0
         self._installed = self._since = time.monotonic()
         self._checkouts_at_reset = 0
-        self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
+        self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=self._max_reports)
         self._second_sites: set[str] = set()
         self._second_sites_full = False
-        self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
-        self._gc_reports: deque[GcReturnReport] = deque(maxlen=max_reports)
-        self._leak_threshold = 0.0
-        self._capture_stacks = False
-        self._tracker: Tracker = NO_TRACKING
-        self._listeners: list[tuple[str, Callable[..., None]]] = []
-        self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
+        self._leak_reports: deque[LeakReport] = deque(maxlen=self._max_reports)
+        self._gc_reports: deque[GcReturnReport] = deque(maxlen=self._max_reports)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: this process's own state. The parent's counts, open checkouts
+        and held-by-owner figures are not the child's; its lock may have been held by a
+        parent thread at the fork; its leak sweeper thread does not exist here. So: a new
+        lock and zero counts (the pool keeps this same ``_Hot``, also across
+        ``engine.dispose()``), and a new tracker whose sweeper starts on the child's first
+        checkout."""
+        self._hot.start()
+        self._start()
+        self._tracker = NO_TRACKING  # the parent's: its checkouts and sweeper are not ours
+        self._hot.tracker = None
+        self.configure()
 
     # ---- configuration ------------------------------------------------------------------
 
@@ -857,3 +882,20 @@ def unit_scope(name: str) -> Iterator[None]:
     finally:
         for leak in end_unit_of_work(token):
             logger.warning("pooltender: %s", leak)
+
+
+# --------------------------------------------------------------------------- fork
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: each watch starts afresh in the child
+    (gunicorn ``preload_app``, Celery prefork, ``multiprocessing`` with fork), whether or
+    not :func:`pooltender.hooks.dispose_inherited` runs too."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+    for watch in list(_WATCHES.values()):
+        watch._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
