@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Final, NamedTuple, Protocol
@@ -233,9 +233,11 @@ class Tracker(Protocol):
     """The leak-tracking strategy a watch holds. Methods run on the checkout/checkin path."""
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
-        """Capture what the strategy needs (stack, proxy weakref); start the sweeper lazily."""
+        """Capture what the strategy needs (stack, proxy weakref), numbered from
+        ``numbering`` (the watch's checkout counter); start the sweeper lazily. Called on
+        every checkout, detection on or off (off: returns None and numbers nothing)."""
 
     def on_checkin(self, tracked: TrackedCheckout | None, now_ns: int) -> None:
         """The connection came back (or was detached); ``tracked`` is what checkout returned."""
@@ -257,7 +259,7 @@ class _NoTracking:
     __slots__ = ()
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
         return None
 
@@ -308,10 +310,11 @@ class StackTracker:
         self.interval = min(max(threshold / 4, 0.01), 1.0) if threshold != float("inf") else 0
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
         if self._sweeper is None and self.interval:
             self._start_sweeper()
+        seq = next(numbering)
         tracked = TrackedCheckout(seq, started_ns, owner, capture_raw_stack(depth=3), proxy)
         with self._lock:
             self._live[seq] = tracked

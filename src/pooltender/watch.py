@@ -224,7 +224,7 @@ class _Hot:
         self.watch = watch
         self.owner = owner
         self.report_second = report_second
-        self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
+        self.tracker: Tracker = NO_TRACKING  # the watch's tracker (do-nothing when off)
         self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
         self.wait_first = self.wait_bounds[0]
         self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
@@ -295,8 +295,7 @@ class WatchedQueuePool(QueuePool):
             hot.wait_total += waited
         finally:
             hot.release()
-        tracker = hot.tracker  # None when leak detection is off
-        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
+        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)  # None when off
         # record_info belongs to this checkout alone until the caller gets the connection
         record.record_info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
@@ -378,7 +377,6 @@ class PoolWatch:
         self._max_reports = max_reports
         self._leak_threshold = 0.0
         self._capture_stacks = False
-        self._tracker: Tracker = NO_TRACKING
         self._listeners: list[tuple[str, Callable[..., None]]] = []
         self._start()
         self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
@@ -416,10 +414,19 @@ class PoolWatch:
         self._hot.start()
         self._start()
         self._tracker = NO_TRACKING  # the parent's: its checkouts and sweeper are not ours
-        self._hot.tracker = None
         self.configure()
 
     # ---- configuration ------------------------------------------------------------------
+
+    @property
+    def _tracker(self) -> Tracker:
+        """The leak tracker: :data:`~pooltender.leaks.NO_TRACKING` when detection is off (the
+        one representation of "off"); the hot path reads the same object from ``_hot``."""
+        return self._hot.tracker
+
+    @_tracker.setter
+    def _tracker(self, tracker: Tracker) -> None:
+        self._hot.tracker = tracker
 
     @property
     def leak_threshold(self) -> float:
@@ -451,10 +458,9 @@ class PoolWatch:
                 name=self._name,
             )
             new.adopt(old)
-            self._tracker = self._hot.tracker = new
+            self._tracker = new
         else:
             self._tracker = NO_TRACKING
-            self._hot.tracker = None
         self._leak_threshold = threshold
         self._capture_stacks = stacks
         old.stop()
@@ -491,7 +497,6 @@ class PoolWatch:
         self._listeners = []
         self._tracker.stop()
         self._tracker = NO_TRACKING
-        self._hot.tracker = None
 
     def reset_high_water(self) -> None:
         """Start the high-water mark again from the connections checked out now."""
@@ -519,8 +524,7 @@ class PoolWatch:
             if out > hot.high:
                 hot.high = out
             held = hot.held[owner] = hot.held.get(owner, 0) + 1
-        tracker = hot.tracker
-        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
+        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)
         info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
             self._second_checkout(owner, tracked, held)
