@@ -11,10 +11,10 @@ gunicorn, in ``gunicorn.conf.py``::
 
     from pooltender.hooks import gunicorn_post_fork as post_fork
 
-Celery::
+Celery (prefork), in the worker module::
 
-    from pooltender.hooks import connect_celery
-    connect_celery(lambda: [engine])          # or: lambda: db.engines.values() in an app context
+    from celery.signals import worker_process_init
+    worker_process_init.connect(lambda **_: dispose_inherited(), weak=False)
 
 Anything else: call :func:`dispose_inherited` first thing in the child.
 
@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 __all__ = [
-    "connect_celery",
     "dispose_inherited",
     "gunicorn_post_fork",
     "register_engine",
@@ -66,13 +65,3 @@ def gunicorn_post_fork(server: Any, worker: Any) -> None:
     """
     count = dispose_inherited()
     log.debug("worker %s: disposed %d inherited engine(s)", getattr(worker, "pid", "?"), count)
-
-
-def connect_celery(engines: Callable[[], Iterable[Engine]]) -> None:
-    """Dispose ``engines()`` in every Celery prefork child (``worker_process_init`` signal)."""
-    from celery.signals import worker_process_init  # type: ignore[import-not-found]
-
-    def _on_init(**_kwargs: Any) -> None:
-        dispose_inherited(engines())
-
-    worker_process_init.connect(_on_init, weak=False)

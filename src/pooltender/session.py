@@ -50,7 +50,8 @@ T = TypeVar("T")
 AnySession = Session | scoped_session[Any]
 
 #: MySQL / MariaDB error numbers: deadlock found (1213), lock wait timeout exceeded (1205),
-#: snapshot conflict under innodb_snapshot_isolation (1020, MariaDB 11.6+).
+#: snapshot conflict under innodb_snapshot_isolation (1020: on by default from MariaDB 11.6,
+#: a session variable since 10.6.18 / 10.11.8).
 MYSQL_RETRYABLE: Final = frozenset({1213, 1205, 1020})
 #: PostgreSQL SQLSTATEs: serialization_failure (40001), deadlock_detected (40P01).
 POSTGRES_RETRYABLE: Final = frozenset({"40001", "40P01"})
