@@ -127,6 +127,11 @@ def capture_stack(limit: int = STACK_LIMIT) -> Stack:
     return materialize(capture_raw_stack(limit, depth=2))
 
 
+def stack_where(stack: Stack) -> str:
+    """``file:line`` of a stack's innermost (user) frame, ``?`` when none was captured."""
+    return f"{stack[0].filename}:{stack[0].lineno}" if stack else "?"
+
+
 def format_stack(stack: Stack, indent: str = "    ") -> str:
     """Multi-line text for a log record or a test failure: ``file:line in fn`` and source."""
     if not stack:
@@ -193,7 +198,7 @@ class LeakReport:
     @property
     def where(self) -> str:
         """``file:line`` of the user's code that checked the connection out."""
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+        return stack_where(self.stack)
 
     def __str__(self) -> str:
         return (
@@ -203,8 +208,8 @@ class LeakReport:
 
 
 @dataclass(frozen=True)
-class GcReturnReport:
-    """A connection never closed by its user: the garbage collector returned it."""
+class CheckoutRecord:
+    """One checkout: its number, how long it was held, by which thread, from where."""
 
     seq: int
     held_seconds: float
@@ -213,7 +218,18 @@ class GcReturnReport:
 
     @property
     def where(self) -> str:
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+        """``file:line`` of the user's code that checked the connection out."""
+        return stack_where(self.stack)
+
+
+@dataclass(frozen=True)
+class OpenCheckout(CheckoutRecord):
+    """A connection checked out right now (for test guards and teardown safety nets)."""
+
+
+@dataclass(frozen=True)
+class GcReturnReport(CheckoutRecord):
+    """A connection never closed by its user: the garbage collector returned it."""
 
 
 class LeakSink(Protocol):

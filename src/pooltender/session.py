@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import islice
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Executable, Table, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
@@ -99,13 +99,9 @@ def unit_of_work(session: scoped_session[S]) -> Iterator[S]:
     then owned by nobody, so the next message on the same thread is not blamed for it.
     """
     with unit_scope("unit_of_work"):
-        current = session()
         try:
-            yield current
-            current.commit()
-        except BaseException:
-            _rollback_quietly(current)
-            raise
+            with transaction_scope(session) as current:
+                yield cast(S, current)
         finally:
             session.remove()
 
@@ -116,6 +112,18 @@ def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mappi
     it = iter(rows)
     while chunk := list(islice(it, size)):
         yield chunk
+
+
+def _execute_in_chunks(
+    session: AnySession, stmt: Executable, rows: Iterable[Mapping[str, Any]], chunk_size: int
+) -> int:
+    """``stmt`` as one executemany per chunk of ``rows``; the number of rows sent."""
+    current = _current(session)
+    total = 0
+    for chunk in _chunks(rows, chunk_size):
+        current.execute(stmt, chunk)
+        total += len(chunk)
+    return total
 
 
 def bulk_insert_chunks(
@@ -129,13 +137,7 @@ def bulk_insert_chunks(
     ``target`` is a ``Table`` (keys are column names) or a mapped class (keys are attribute
     names; ORM bulk INSERT). ``rows`` is consumed lazily: only one chunk is in memory.
     """
-    current = _current(session)
-    stmt = insert(target)
-    total = 0
-    for chunk in _chunks(rows, chunk_size):
-        current.execute(stmt, chunk)
-        total += len(chunk)
-    return total
+    return _execute_in_chunks(session, insert(target), rows, chunk_size)
 
 
 def bulk_update_chunks(
@@ -149,13 +151,7 @@ def bulk_update_chunks(
     Sends one executemany per chunk; returns the number of mappings sent (the rows that
     exist are updated; a mapping whose key matches no row changes nothing).
     """
-    current = _current(session)
-    stmt = update(model)
-    total = 0
-    for chunk in _chunks(rows, chunk_size):
-        current.execute(stmt, chunk)
-        total += len(chunk)
-    return total
+    return _execute_in_chunks(session, update(model), rows, chunk_size)
 
 
 def is_retryable_conflict(error: BaseException) -> bool:

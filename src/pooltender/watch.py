@@ -88,12 +88,13 @@ from pooltender.leaks import (
     NO_TRACKING,
     GcReturnReport,
     LeakReport,
-    Stack,
+    OpenCheckout,
     StackTracker,
     TrackedCheckout,
     Tracker,
     capture_stack,
     format_stack,
+    stack_where,
 )
 from pooltender.stats import (
     CHECKOUT_WAIT_BUCKETS,
@@ -159,20 +160,6 @@ def _snapshot(bounds: tuple[float, ...], counts: list[int], total_ns: int) -> Hi
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class OpenCheckout:
-    """A connection checked out right now (for test guards and teardown safety nets)."""
-
-    seq: int
-    held_seconds: float
-    thread_name: str
-    stack: Stack
-
-    @property
-    def where(self) -> str:
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
 
 
 # --------------------------------------------------------------------------- the pool class
@@ -732,9 +719,7 @@ class PoolWatch:
             engine=self._name,
             unit=getattr(unit, "name", repr(unit)),
             held=held,
-            where=tuple(
-                f"{t.stack[0].filename}:{t.stack[0].lineno}" if t.stack else "?" for t in disowned
-            ),
+            where=tuple(stack_where(t.stack) for t in disowned),
         )
 
     def sweep(self) -> int:
