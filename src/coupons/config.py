@@ -42,8 +42,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from pooltender.flask import EXTENSION_KEYS, settings_from_config
-from pooltender.settings import PoolSettings, SettingsError
+from pooltender.settings import (
+    EXTENSION_KEYS,
+    FLEET_PREFIX,
+    PoolSettings,
+    SettingsError,
+    settings_from_config,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -262,7 +267,9 @@ class Settings:
             environment=environment,
             secret_key=secret,
             pool=_pool_settings(env),
-            pooltender_config={k: v for k, v in env.items() if k in EXTENSION_KEYS},
+            pooltender_config={
+                k: v for k, v in env.items() if k in EXTENSION_KEYS or k.startswith(FLEET_PREFIX)
+            },
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900, minimum=1),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 14 * 24 * 3600, minimum=1),
             login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, minimum=1),

@@ -22,25 +22,15 @@ What ``init_app(app, db)`` does, in order:
 5. serves ``/pooltender/stats`` and ``/pooltender/health`` (JSON) and ``/metrics``
    (Prometheus text; multiprocess mode under gunicorn).
 
-Config keys besides PoolSettings' own (all optional):
-
-``POOLTENDER_BUDGET_CHECK``       ``fail`` | ``warn`` | ``off``; default ``warn`` when a fleet
-                                  shape is given, else ``off``
-``POOLTENDER_FLEET_HOSTS``, ``POOLTENDER_FLEET_PROCESSES``, ``POOLTENDER_FLEET_WORKER_MODEL``,
-``POOLTENDER_FLEET_CONCURRENCY``, ``POOLTENDER_FLEET_CONNECTIONS_PER_REQUEST``,
-``POOLTENDER_FLEET_CONSUMERS``, ``POOLTENDER_FLEET_CONNECTIONS_PER_CONSUMER``,
-``POOLTENDER_FLEET_OTHER_CLIENTS``, ``POOLTENDER_FLEET_RESERVED``
-                                  the fleet shape (see :class:`~pooltender.budget.FleetShape`)
-``POOLTENDER_SHED``               shed requests that wait longer than ``shed_wait``; default on
-``POOLTENDER_RETRY_AFTER``        seconds in the 503's ``Retry-After``; default 1
-``POOLTENDER_ENDPOINTS``          URL prefix of the JSON endpoints; default ``/pooltender``,
-                                  empty to disable
-``POOLTENDER_METRICS_PATH``       default ``/metrics``, empty to disable
-``POOLTENDER_DASHBOARD``          serve the live dashboard; default off
-``POOLTENDER_DASHBOARD_PATH``     default ``/pooltender/dashboard``
-``POOLTENDER_ADMISSION*``         admission control, on by default: a concurrency limit applied
-                                  before Flask sees the request (see
-                                  :mod:`pooltender.admission.settings`)
+Config keys besides PoolSettings' own (all optional): the extension's, read strictly into
+:class:`~pooltender.settings.ExtensionSettings` (each key's default and meaning are written
+there, once), and the fleet shape, ``POOLTENDER_FLEET_HOSTS``, ``POOLTENDER_FLEET_PROCESSES``,
+``POOLTENDER_FLEET_WORKER_MODEL``, ``POOLTENDER_FLEET_CONCURRENCY``,
+``POOLTENDER_FLEET_CONNECTIONS_PER_REQUEST``, ``POOLTENDER_FLEET_CONSUMERS``,
+``POOLTENDER_FLEET_CONNECTIONS_PER_CONSUMER``, ``POOLTENDER_FLEET_OTHER_CLIENTS``,
+``POOLTENDER_FLEET_RESERVED`` (see :class:`~pooltender.budget.FleetShape`).
+``POOLTENDER_ADMISSION*`` configure admission control, on by default: a concurrency limit
+applied before Flask sees the request (see :mod:`pooltender.admission.settings`).
 """
 
 from __future__ import annotations
@@ -52,8 +42,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify
-from sqlalchemy.engine import Engine, make_url
+from flask import Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.engine import Engine
 
 from pooltender.admission import (  # admission control (issue 10)
     ADMISSION_KEYS,
@@ -64,9 +54,7 @@ from pooltender.admission import (  # admission control (issue 10)
     settings_for_app,
 )
 from pooltender.budget import (
-    ENFORCE_MODES,
     BudgetReport,
-    EnforceMode,
     FleetShape,
     check_startup,
     fleet_config_keys,
@@ -78,13 +66,24 @@ from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
 from pooltender.queueing import MMcQueue
-from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError, SettingsProblem
+from pooltender.settings import EXTENSION_KEYS as OWN_EXTENSION_KEYS
+from pooltender.settings import (
+    WATCHED_PING_AFTER_IDLE,
+    ExtensionSettings,
+    PoolSettings,
+    SettingsError,
+    SettingsProblem,
+    is_sqlite_memory,
+    settings_from_config,
+)
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
 from pooltender.stats import PoolStats, pool_stats_json
-from pooltender.watch import PoolWatch, install_watch, watch_of
+from pooltender.units import begin_unit
+from pooltender.watch import PoolWatch, end_unit_of_work, install_watch, watch_of
 
 __all__ = [
     "EXTENSION_KEYS",
+    "WATCHED_PING_AFTER_IDLE",
     "Pooltender",
     "settings_from_config",
     "shape_from_config",
@@ -97,47 +96,10 @@ stats_json = pool_stats_json
 log = logging.getLogger("pooltender.flask")
 
 _FLEET_KEYS: dict[str, str] = fleet_config_keys()  # derived from FleetShape's fields
-EXTENSION_KEYS = _OWN_KEYS = frozenset(
-    {
-        "POOLTENDER_BUDGET_CHECK",
-        "POOLTENDER_SHED",
-        "POOLTENDER_RETRY_AFTER",
-        "POOLTENDER_ENDPOINTS",
-        "POOLTENDER_METRICS_PATH",
-        "POOLTENDER_DASHBOARD",
-        "POOLTENDER_DASHBOARD_PATH",
-        *_FLEET_KEYS,
-        *ADMISSION_KEYS,  # admission control (issue 10)
-    }
-)
+#: Every key the extension reads besides PoolSettings': its own, the fleet shape's and
+#: admission control's.
+EXTENSION_KEYS: frozenset[str] = OWN_EXTENSION_KEYS | frozenset(_FLEET_KEYS) | ADMISSION_KEYS
 _POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in _TRUE
-
-
-#: The liveness window used where pooltender installs its idle-window ping (this extension):
-#: bench/watch_overhead.py measured checkout + checkin at 1.58x a bare pool with
-#: SQLAlchemy's pre-ping on every checkout and 1.08x with a ping only after 0.5 s idle
-#: (docs/benchmarks.md), while tests/pooltender/test_liveness.py shows killed, timed-out and
-#: restarted-server connections still caught. PoolSettings alone keeps 0 (pre-ping every
-#: checkout), the safe choice for an engine built without the watch.
-WATCHED_PING_AFTER_IDLE = 0.5
-
-
-def settings_from_config(config: Mapping[str, Any]) -> PoolSettings:
-    """PoolSettings from a Flask config's ``POOLTENDER_*`` keys (the extension's own skipped).
-
-    Without ``POOLTENDER_PING_AFTER_IDLE`` the liveness check is the idle-window ping of
-    :data:`WATCHED_PING_AFTER_IDLE` seconds, which this extension installs.
-    """
-    pool_keys = {k: v for k, v in config.items() if k not in _OWN_KEYS}
-    settings = PoolSettings.from_mapping(pool_keys, DEFAULT_PREFIX)
-    if f"{DEFAULT_PREFIX}PING_AFTER_IDLE" not in pool_keys and settings.pool_pre_ping:
-        settings = settings.with_values(ping_after_idle=WATCHED_PING_AFTER_IDLE)
-    return settings
 
 
 def shape_from_config(config: Mapping[str, Any]) -> FleetShape | None:
@@ -150,9 +112,8 @@ class _State:
     """What the extension keeps per app (``app.extensions["pooltender"]``)."""
 
     settings: PoolSettings
+    options: ExtensionSettings
     db: Any
-    shed: bool
-    retry_after: int
     budget: BudgetReport | None = None
     requests_shed: int = 0
     requests_leaked: int = 0
@@ -224,21 +185,13 @@ class Pooltender:
                 "pool settings cannot apply; call Pooltender(app, db) instead of db.init_app(app)"
             )
         settings = self._settings or settings_from_config(app.config)
+        options = ExtensionSettings.from_mapping(app.config)
         shape = self._shape or shape_from_config(app.config)
-        mode = str(app.config.get("POOLTENDER_BUDGET_CHECK", "warn" if shape else "off")).lower()
-        if mode not in ENFORCE_MODES:
-            raise SettingsError(
-                [SettingsProblem("POOLTENDER_BUDGET_CHECK", mode, "must be fail, warn or off")]
-            )
+        mode = options.budget_mode(has_fleet_shape=shape is not None)
         # admission control (issue 10): validated before any engine is built
         admission = settings_for_app(app.config, pool_cap=settings.per_process_cap)
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = self._engine_options(app, settings)
-        state = _State(
-            settings=settings,
-            db=db,
-            shed=_flag(app.config.get("POOLTENDER_SHED", True)),
-            retry_after=max(1, math.ceil(float(app.config.get("POOLTENDER_RETRY_AFTER", 1)))),
-        )
+        state = _State(settings=settings, options=options, db=db)
         app.extensions["pooltender"] = state
         # Registered before db.init_app so that it runs after Flask-SQLAlchemy's own teardown.
         app.teardown_appcontext(self._teardown)
@@ -250,23 +203,27 @@ class Pooltender:
                 engine = db.engine
                 if engine.dialect.name != "sqlite":
                     try:
-                        state.budget = check_startup(engine, settings, shape, _mode(mode))
+                        state.budget = check_startup(engine, settings, shape, mode)
                     except Exception:
                         for each in db.engines.values():
                             each.dispose()  # a refused app must not leave connections behind
                         raise
-        if state.shed:
+        app.before_request(self._begin_unit)
+        if options.shed:
             app.before_request(self._before_request)
             app.teardown_request(self._teardown_request)
         app.register_error_handler(PoolExhausted, self._shed_response)
         # failures.py: an unreachable database (or a dry pool outside shedding) is 503 too.
         register_error_handlers(
-            app, retry_after=state.retry_after, on_unavailable=state.count_unavailable
+            app, retry_after=state.options.retry_after, on_unavailable=state.count_unavailable
         )
         self._add_routes(app, state)
         # admission control (issue 10): wraps app.wsgi_app, so it runs before Flask's request
         install_admission(
-            app, admission, retry_after=state.retry_after, multiprocess=state.mirror is not None
+            app,
+            admission,
+            retry_after=state.options.retry_after,
+            multiprocess=state.mirror is not None,
         )
 
     def _engine_options(self, app: Flask, settings: PoolSettings) -> dict[str, Any]:
@@ -287,11 +244,7 @@ class Pooltender:
                 ]
             )
         options.update(ours)
-        memory = uri is None or (
-            make_url(uri).get_backend_name() == "sqlite"
-            and make_url(uri).database in (None, "", ":memory:")
-        )
-        if not memory:
+        if uri is not None and not is_sqlite_memory(uri):
             options.setdefault("poolclass", SheddingQueuePool)
         return options
 
@@ -308,6 +261,10 @@ class Pooltender:
     def _state() -> _State:
         state: _State = current_app.extensions["pooltender"]
         return state
+
+    def _begin_unit(self) -> None:
+        # the request is the unit of work that owns its checkouts, not the (reused) thread
+        g._pooltender_unit_token = begin_unit(f"request {request.method} {request.path}")
 
     def _before_request(self) -> None:
         g._pooltender_shed_token = begin_shed_wait(self._state().settings.shed_wait)
@@ -331,55 +288,63 @@ class Pooltender:
             }
         )
         response.status_code = 503
-        response.headers["Retry-After"] = str(state.retry_after)
+        response.headers["Retry-After"] = str(state.options.retry_after)
         return response
 
     def _teardown(self, _exc: BaseException | None) -> None:
-        """Safety net: a connection still held by this thread after the session was removed
-        was checked out outside the scoped session (a second Session, a raw
-        ``engine.connect()`` never closed) and would leak; log it with its stack and count it.
+        """Safety net: a connection still held by this request (its unit of work) after the
+        session was removed was checked out outside the scoped session (a second Session, a
+        raw ``engine.connect()`` never closed) and would leak: log it once with where it was
+        checked out and count it; from then on it belongs to nobody, so later requests on
+        the same thread are not blamed. An app context without a request (a CLI command, a
+        consumer) checks what its owner (task or thread) holds, without disowning it.
         """
         state = current_app.extensions.get("pooltender")
         if state is None:
             return
-        for name, watch in state.watches().items():
-            held = watch.held_by_current_owner()
-            if held:
-                with state.lock:
-                    state.requests_leaked += 1
-                where = "; ".join(c.where for c in watch.open_checkouts_of_current_owner())
-                log.warning(
-                    "request ended with %d connection(s) of engine %r still checked out outside "
-                    "db.session (checked out at: %s)",
-                    held,
-                    name,
-                    where or "unknown",
-                )
+        token = g.pop("_pooltender_unit_token", None)
+        if token is not None:
+            leaks = [(leak.engine, leak.held, leak.where) for leak in end_unit_of_work(token)]
+        else:
+            leaks = [
+                (name, held, tuple(c.where for c in watch.open_checkouts_of_current_owner()))
+                for name, watch in state.watches().items()
+                if (held := watch.held_by_current_owner())
+            ]
+        if leaks:
+            with state.lock:
+                state.requests_leaked += 1
+        for engine, held, where in leaks:
+            log.warning(
+                "request ended with %d connection(s) of engine %s still checked out outside "
+                "db.session (checked out at: %s)",
+                held,
+                engine,
+                "; ".join(where) or "unknown",
+            )
         if state.mirror is not None:
             state.mirror.sync()
 
     # ------------------------------------------------------------------ endpoints
 
     def _add_routes(self, app: Flask, state: _State) -> None:
-        prefix = str(app.config.get("POOLTENDER_ENDPOINTS", "/pooltender")).rstrip("/")
-        if prefix:
+        options = state.options
+        prefix = options.path("endpoints")
+        if prefix is not None:
             app.add_url_rule(f"{prefix}/stats", "pooltender_stats", self._stats_view)
             app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
-        metrics_path = str(app.config.get("POOLTENDER_METRICS_PATH", "/metrics"))
-        if metrics_path:
+        metrics_path = options.path("metrics_path")
+        if metrics_path is not None:
             if multiprocess_enabled():
                 state.mirror = MultiprocessMirror(state.stats, state.extra)
             app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
-        if _flag(app.config.get("POOLTENDER_DASHBOARD", False)):
-            from pooltender.dashboard import (
-                DEFAULT_DASHBOARD_PATH,
-                inspection_snapshots,
-                register_dashboard,
-            )
+        dashboard_path = options.path("dashboard_path")
+        if options.dashboard and dashboard_path is not None:
+            from pooltender.dashboard import inspection_snapshots, register_dashboard
 
             register_dashboard(
                 app,
-                path=str(app.config.get("POOLTENDER_DASHBOARD_PATH") or DEFAULT_DASHBOARD_PATH),
+                path=dashboard_path,
                 pool_stats=state.stats,
                 snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
                 protect=self._protect,
@@ -442,13 +407,6 @@ class Pooltender:
             registry.register(PoolCollector(state.stats, state.extra))
         metrics_for_scrape(current_app, registry, multiprocess=state.mirror is not None)  # issue 10
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-def _mode(mode: str) -> EnforceMode:
-    for known in ENFORCE_MODES:
-        if known == mode:
-            return known
-    raise ValueError(mode)  # pragma: no cover - validated by the caller
 
 
 def _recommend(stats: PoolStats) -> dict[str, Any]:

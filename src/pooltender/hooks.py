@@ -11,25 +11,28 @@ gunicorn, in ``gunicorn.conf.py``::
 
     from pooltender.hooks import gunicorn_post_fork as post_fork
 
-Celery::
+Celery (prefork), in the worker module::
 
-    from pooltender.hooks import connect_celery
-    connect_celery(lambda: [engine])          # or: lambda: db.engines.values() in an app context
+    from celery.signals import worker_process_init
+    worker_process_init.connect(lambda **_: dispose_inherited(), weak=False)
 
 Anything else: call :func:`dispose_inherited` first thing in the child.
+
+The watch's own state needs no hook: :mod:`pooltender.watch` and :mod:`pooltender.liveness`
+register ``os.register_at_fork(after_in_child=...)``, so a forked child starts with fresh
+locks, counts from zero and a leak sweeper of its own (started on its first checkout).
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 __all__ = [
-    "connect_celery",
     "dispose_inherited",
     "gunicorn_post_fork",
     "register_engine",
@@ -62,13 +65,3 @@ def gunicorn_post_fork(server: Any, worker: Any) -> None:
     """
     count = dispose_inherited()
     log.debug("worker %s: disposed %d inherited engine(s)", getattr(worker, "pid", "?"), count)
-
-
-def connect_celery(engines: Callable[[], Iterable[Engine]]) -> None:
-    """Dispose ``engines()`` in every Celery prefork child (``worker_process_init`` signal)."""
-    from celery.signals import worker_process_init  # type: ignore[import-not-found]
-
-    def _on_init(**_kwargs: Any) -> None:
-        dispose_inherited(engines())
-
-    worker_process_init.connect(_on_init, weak=False)

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Final, NamedTuple, Protocol
@@ -127,6 +127,11 @@ def capture_stack(limit: int = STACK_LIMIT) -> Stack:
     return materialize(capture_raw_stack(limit, depth=2))
 
 
+def stack_where(stack: Stack) -> str:
+    """``file:line`` of a stack's innermost (user) frame, ``?`` when none was captured."""
+    return f"{stack[0].filename}:{stack[0].lineno}" if stack else "?"
+
+
 def format_stack(stack: Stack, indent: str = "    ") -> str:
     """Multi-line text for a log record or a test failure: ``file:line in fn`` and source."""
     if not stack:
@@ -144,7 +149,8 @@ class TrackedCheckout:
     """What the tracker keeps about one checkout: where it came from, and its report state.
 
     ``seq`` is the watch's checkout number (a test guard compares it with its start);
-    ``open`` and ``reported`` change only under the watch's lock.
+    ``open``, ``reported`` and ``owner`` (which becomes nobody when its unit of work ends with
+    it still out) change only under the watch's lock.
     """
 
     __slots__ = (
@@ -192,7 +198,7 @@ class LeakReport:
     @property
     def where(self) -> str:
         """``file:line`` of the user's code that checked the connection out."""
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+        return stack_where(self.stack)
 
     def __str__(self) -> str:
         return (
@@ -202,8 +208,8 @@ class LeakReport:
 
 
 @dataclass(frozen=True)
-class GcReturnReport:
-    """A connection never closed by its user: the garbage collector returned it."""
+class CheckoutRecord:
+    """One checkout: its number, how long it was held, by which thread, from where."""
 
     seq: int
     held_seconds: float
@@ -212,7 +218,18 @@ class GcReturnReport:
 
     @property
     def where(self) -> str:
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+        """``file:line`` of the user's code that checked the connection out."""
+        return stack_where(self.stack)
+
+
+@dataclass(frozen=True)
+class OpenCheckout(CheckoutRecord):
+    """A connection checked out right now (for test guards and teardown safety nets)."""
+
+
+@dataclass(frozen=True)
+class GcReturnReport(CheckoutRecord):
+    """A connection never closed by its user: the garbage collector returned it."""
 
 
 class LeakSink(Protocol):
@@ -232,15 +249,21 @@ class Tracker(Protocol):
     """The leak-tracking strategy a watch holds. Methods run on the checkout/checkin path."""
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
-        """Capture what the strategy needs (stack, proxy weakref); start the sweeper lazily."""
+        """Capture what the strategy needs (stack, proxy weakref), numbered from
+        ``numbering`` (the watch's checkout counter); start the sweeper lazily. Called on
+        every checkout, detection on or off (off: returns None and numbers nothing)."""
 
     def on_checkin(self, tracked: TrackedCheckout | None, now_ns: int) -> None:
         """The connection came back (or was detached); ``tracked`` is what checkout returned."""
 
     def open_checkouts(self) -> list[TrackedCheckout]:
         """The tracked checkouts not yet returned, oldest first."""
+
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
+        """Give ``owner``'s open checkouts to ``new_owner`` (its unit of work ended); return
+        them, oldest first."""
 
     def stop(self) -> None:
         """Stop any background thread; the tracker is not used again."""
@@ -252,7 +275,7 @@ class _NoTracking:
     __slots__ = ()
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
         return None
 
@@ -260,6 +283,9 @@ class _NoTracking:
         return None
 
     def open_checkouts(self) -> list[TrackedCheckout]:
+        return []
+
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
         return []
 
     def stop(self) -> None:
@@ -300,10 +326,11 @@ class StackTracker:
         self.interval = min(max(threshold / 4, 0.01), 1.0) if threshold != float("inf") else 0
 
     def on_checkout(
-        self, seq: int, started_ns: int, owner: Hashable, proxy: Any
+        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
     ) -> TrackedCheckout | None:
         if self._sweeper is None and self.interval:
             self._start_sweeper()
+        seq = next(numbering)
         tracked = TrackedCheckout(seq, started_ns, owner, capture_raw_stack(depth=3), proxy)
         with self._lock:
             self._live[seq] = tracked
@@ -332,6 +359,13 @@ class StackTracker:
         """The tracked checkouts not yet returned, oldest first."""
         with self._lock:
             return sorted(self._live.values(), key=lambda t: t.seq)
+
+    def disown(self, owner: Hashable, new_owner: Hashable) -> list[TrackedCheckout]:
+        with self._lock:
+            mine = sorted((t for t in self._live.values() if t.owner == owner), key=lambda t: t.seq)
+            for tracked in mine:
+                tracked.owner = new_owner
+        return mine
 
     def adopt(self, previous: Tracker) -> None:
         """Take over the open checkouts of the tracker this one replaces (reconfiguration)."""

@@ -32,6 +32,7 @@ A connection that was just opened is not pinged (its record has no check-in stam
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -129,6 +130,20 @@ class IdlePing:
 
 _PINGS: weakref.WeakKeyDictionary[Engine, IdlePing] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: new locks (a parent thread may have held one at the fork) and the
+    ping counts from zero (they are the parent's)."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for ping in list(_PINGS.values()):
+        ping._lock = threading.Lock()
+        ping._pings = ping._failures = 0
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def install_idle_ping(engine: Engine, after_idle: float) -> IdlePing:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROXIES",
     "PgBouncerPool",
+    "ProxyKind",
     "SessionStateError",
     "install_session_state_guard",
     "proxy_engine_options",
@@ -67,8 +68,10 @@ __all__ = [
     "session_state_statement",
 ]
 
-PROXIES = ("none", "pgbouncer-transaction", "pgbouncer-session", "proxysql")
-"""The values of ``POOLTENDER_PROXY``."""
+ProxyKind = Literal["none", "pgbouncer-transaction", "pgbouncer-session", "proxysql"]
+"""The values of ``POOLTENDER_PROXY`` (read by :class:`pooltender.settings.PoolSettings`)."""
+
+PROXIES: Final[tuple[str, ...]] = get_args(ProxyKind)
 
 TRANSACTION_POOLING = frozenset({"pgbouncer-transaction"})
 

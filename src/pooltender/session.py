@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import islice
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Executable, Table, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
 from pooltender.failures import MYSQL_CONFLICT, POSTGRES_CONFLICT, is_retryable_conflict
+from pooltender.watch import unit_scope
 
 __all__ = [
     "bulk_insert_chunks",
@@ -91,16 +92,17 @@ def unit_of_work(session: scoped_session[S]) -> Iterator[S]:
 
     The post-mortem's loop logged and swallowed the error; here it propagates so the caller
     decides (nack, dead-letter, log). Use inside an app context with Flask-SQLAlchemy.
+
+    The block is a unit of work (:func:`pooltender.watch.unit_scope`): a second connection
+    checked out in it is reported, and one still out after ``remove()`` is logged once and
+    then owned by nobody, so the next message on the same thread is not blamed for it.
     """
-    current = session()
-    try:
-        yield current
-        current.commit()
-    except BaseException:
-        _rollback_quietly(current)
-        raise
-    finally:
-        session.remove()
+    with unit_scope("unit_of_work"):
+        try:
+            with transaction_scope(session) as current:
+                yield cast(S, current)
+        finally:
+            session.remove()
 
 
 def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
@@ -109,6 +111,18 @@ def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mappi
     it = iter(rows)
     while chunk := list(islice(it, size)):
         yield chunk
+
+
+def _execute_in_chunks(
+    session: AnySession, stmt: Executable, rows: Iterable[Mapping[str, Any]], chunk_size: int
+) -> int:
+    """``stmt`` as one executemany per chunk of ``rows``; the number of rows sent."""
+    current = _current(session)
+    total = 0
+    for chunk in _chunks(rows, chunk_size):
+        current.execute(stmt, chunk)
+        total += len(chunk)
+    return total
 
 
 def bulk_insert_chunks(
@@ -122,13 +136,7 @@ def bulk_insert_chunks(
     ``target`` is a ``Table`` (keys are column names) or a mapped class (keys are attribute
     names; ORM bulk INSERT). ``rows`` is consumed lazily: only one chunk is in memory.
     """
-    current = _current(session)
-    stmt = insert(target)
-    total = 0
-    for chunk in _chunks(rows, chunk_size):
-        current.execute(stmt, chunk)
-        total += len(chunk)
-    return total
+    return _execute_in_chunks(session, insert(target), rows, chunk_size)
 
 
 def bulk_update_chunks(
@@ -142,13 +150,7 @@ def bulk_update_chunks(
     Sends one executemany per chunk; returns the number of mappings sent (the rows that
     exist are updated; a mapping whose key matches no row changes nothing).
     """
-    current = _current(session)
-    stmt = update(model)
-    total = 0
-    for chunk in _chunks(rows, chunk_size):
-        current.execute(stmt, chunk)
-        total += len(chunk)
-    return total
+    return _execute_in_chunks(session, update(model), rows, chunk_size)
 
 
 def retry_transaction(

@@ -1,26 +1,24 @@
 """Pool settings: read once from a Flask config, a mapping or the environment, validated, and
 turned into SQLAlchemy ``create_engine`` keyword arguments.
 
-Every key carries one prefix (``POOLTENDER_`` by default)::
+Two dataclasses hold every ``POOLTENDER_*`` key, each field's default and reason written once,
+on the field: :class:`PoolSettings` (the pool: ``POOLTENDER_POOL_SIZE`` is ``pool_size``,
+and so on) and :class:`ExtensionSettings` (the Flask extension's own keys:
+``POOLTENDER_SHED``, ``POOLTENDER_RETRY_AFTER``, ``POOLTENDER_ENDPOINTS``,
+``POOLTENDER_METRICS_PATH``, ``POOLTENDER_DASHBOARD``, ``POOLTENDER_DASHBOARD_PATH``,
+``POOLTENDER_BUDGET_CHECK``). The fleet shape (``POOLTENDER_FLEET_*``) is read by
+:func:`pooltender.flask.shape_from_config`. :func:`settings_from_config` and
+:func:`extension_settings_from_config` read a Flask config.
 
-    POOLTENDER_POOL_SIZE          4      connections kept open per process
-    POOLTENDER_MAX_OVERFLOW       2      extra connections opened under bursts, closed after use
-    POOLTENDER_POOL_TIMEOUT       30     seconds a non-web caller waits for a connection
-    POOLTENDER_POOL_RECYCLE       1800   seconds before a connection is replaced (-1 = never)
-    POOLTENDER_POOL_PRE_PING      true   check a connection is alive before handing it out
-    POOLTENDER_PING_AFTER_IDLE    0      ... only if it sat idle longer than this (0 = always)
-    POOLTENDER_POOL_USE_LIFO      true   hand out the most recently returned connection
-    POOLTENDER_ECHO               false  log every statement (debugging only)
-    POOLTENDER_ECHO_POOL          false  log checkouts and checkins (debugging only)
-    POOLTENDER_LEAK_THRESHOLD     60     seconds a checkout may last before it is reported (0 = off)
-    POOLTENDER_SHED_WAIT          0.5    seconds a web request waits for a connection before a 503
-    POOLTENDER_PROXY              none   proxy in front of the server (see pooltender.proxy)
-
-Values may be typed (a Flask config) or strings (the environment). Strings are parsed:
-whole numbers, decimal numbers, and booleans spelled true/false, 1/0, yes/no, on/off. An
-unknown key with the prefix is an error that lists the valid keys, so a typo fails at start-up
-instead of silently leaving a default in force. Nothing is ever clamped: a value the pool
-cannot run with raises :class:`SettingsError` naming the key, the value, and what is valid.
+Values may be typed (a Flask config) or strings (the environment). One strict parser,
+:func:`parse_value`, reads both, for these dataclasses and for any other
+(:func:`from_mapping`): whole numbers, decimal numbers, text, one of a fixed set of words,
+and booleans spelled true/false, 1/0, yes/no, on/off -- anything else (``ture``) is an error,
+never false. An empty string is an error (unset the key to get the default). An unknown key
+with the prefix is an error that lists the valid keys and suggests the closest, so a typo
+fails at start-up instead of silently leaving a default in force. Nothing is ever clamped: a
+value that cannot be used raises :class:`SettingsError` naming the key, the value, and what
+is valid.
 """
 
 from __future__ import annotations
@@ -28,11 +26,21 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
-from pooltender.proxy import PROXIES, proxy_engine_options
+from pooltender.proxy import ProxyKind, proxy_engine_options
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -104,6 +112,10 @@ class PoolSettings:
     first, so idle ones age out at the server (wait_timeout) or get recycled, and the hot
     connection was used moments ago, which is what lets ``ping_after_idle`` skip pings.
 
+    ``proxy`` names a connection proxy in front of the server (``none``,
+    ``pgbouncer-transaction``, ``pgbouncer-session``, ``proxysql``); ``pgbouncer-transaction``
+    turns off what transaction pooling cannot carry (see :mod:`pooltender.proxy`).
+
     ``source_prefix`` is the prefix keys were read under; messages name keys with it.
     """
 
@@ -118,7 +130,7 @@ class PoolSettings:
     echo_pool: bool = False
     leak_threshold: float = 60.0
     shed_wait: float = 0.5
-    proxy: str = "none"
+    proxy: ProxyKind = "none"
     source_prefix: str = field(default=DEFAULT_PREFIX, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,20 +164,10 @@ class PoolSettings:
         def bad(name: str, message: str) -> None:
             problems.append(SettingsProblem(self.key(name), getattr(self, name), message))
 
-        for name, kind in _KINDS.items():
-            value = getattr(self, name)
-            if kind is bool and not isinstance(value, bool):
-                bad(name, "must be true or false")
-            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                bad(name, "must be a whole number")
-            elif kind is float and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
-                bad(name, "must be a finite number of seconds")
-        if self.proxy not in PROXIES:
-            bad("proxy", f"must be one of {', '.join(PROXIES)}")
+        for name, kind in _pool_kinds().items():
+            why = _problem_with_type(kind, getattr(self, name))
+            if why is not None:
+                bad(name, why)
         if problems:  # the range checks below assume the types are right
             raise SettingsError(problems)
 
@@ -273,7 +275,7 @@ class PoolSettings:
             "echo": self.echo,
             "echo_pool": self.echo_pool,
         }
-        if not _is_sqlite_memory(url):
+        if not is_sqlite_memory(url):
             options.update(
                 pool_size=self.pool_size,
                 max_overflow=self.max_overflow,
@@ -297,33 +299,19 @@ class PoolSettings:
     def from_mapping(cls, mapping: Mapping[str, Any], prefix: str = DEFAULT_PREFIX) -> PoolSettings:
         """Settings from the ``prefix``-ed keys of ``mapping`` (a Flask config, ``os.environ``).
 
-        Keys without the prefix are ignored (a Flask config holds many). A prefixed key that
-        is not a setting raises :class:`SettingsError` listing the valid keys.
+        Keys without the prefix are ignored (a Flask config holds many), and so are the
+        extension's own keys and the fleet shape's (read by their own readers). Any other
+        prefixed key that is not a setting raises :class:`SettingsError` listing the valid
+        keys.
         """
-        names = cls.setting_names()
-        values: dict[str, Any] = {}
-        problems: list[SettingsProblem] = []
-        valid_keys = [f"{prefix}{n.upper()}" for n in names]
-        for key, raw in mapping.items():
-            if not isinstance(key, str) or not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :].lower()
-            if name not in names:
-                close = difflib.get_close_matches(key, valid_keys, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
-                problems.append(
-                    SettingsProblem(
-                        key, raw, f"is not a setting; {hint}valid keys: {', '.join(valid_keys)}"
-                    )
-                )
-                continue
-            try:
-                values[name] = _parse(_KINDS[name], raw)
-            except ValueError as exc:
-                problems.append(SettingsProblem(key, raw, str(exc)))
-        if problems:
-            raise SettingsError(problems)
-        return cls(**values, source_prefix=prefix)
+        return from_mapping(
+            cls,
+            mapping,
+            prefix,
+            other_keys=EXTENSION_KEYS | {ADMISSION_SWITCH},
+            other_prefixes=(FLEET_PREFIX, ADMISSION_PREFIX),
+            source_prefix=prefix,
+        )
 
     @classmethod
     def from_env(
@@ -333,57 +321,294 @@ class PoolSettings:
         return cls.from_mapping(os.environ if environ is None else environ, prefix)
 
 
-_KINDS: dict[str, type] = {
-    "pool_size": int,
-    "max_overflow": int,
-    "pool_timeout": float,
-    "pool_recycle": int,
-    "pool_pre_ping": bool,
-    "ping_after_idle": float,
-    "pool_use_lifo": bool,
-    "echo": bool,
-    "echo_pool": bool,
-    "leak_threshold": float,
-    "shed_wait": float,
-    "proxy": str,
+def _pool_kinds() -> dict[str, Any]:
+    """Each PoolSettings field's kind, from its annotation (computed once)."""
+    global _POOL_KINDS
+    if _POOL_KINDS is None:
+        hints = get_type_hints(PoolSettings)
+        _POOL_KINDS = {name: hints[name] for name in PoolSettings.setting_names()}
+    return _POOL_KINDS
+
+
+_POOL_KINDS: dict[str, Any] | None = None
+
+_TYPE_MESSAGES: dict[type, str] = {
+    bool: "must be true or false (also 1/0, yes/no, on/off)",
+    int: "must be a whole number",
+    float: "must be a finite number of seconds (e.g. 0.5)",
+    str: "must be text",
 }
 
 
-def _parse(kind: type, raw: object) -> object:
-    """``raw`` as ``kind``; typed values pass through (checked later), strings are parsed."""
-    if not isinstance(raw, str):
-        if kind is bool and isinstance(raw, int) and not isinstance(raw, bool) and raw in (0, 1):
-            return bool(raw)
-        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
-            return float(raw)
-        return raw
-    text = raw.strip()
-    if text == "":
-        raise ValueError("is empty; unset it to use the default, or give a value")
-    if kind is str:
-        return text.lower()
+def _problem_with_type(kind: Any, value: object) -> str | None:
+    """Why a typed ``value`` is not of ``kind`` (None when it is)."""
+    choices = _choices(kind)
+    if choices is not None:
+        return None if value in choices else f"must be one of {', '.join(map(str, choices))}"
     if kind is bool:
-        lowered = text.lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a dataclass field of a kind this parser does not read
+        raise TypeError(f"pooltender.settings cannot read settings of type {kind!r}")
+    return None if ok else _TYPE_MESSAGES[kind]
+
+
+def _choices(kind: Any) -> tuple[Any, ...] | None:
+    return tuple(get_args(kind)) if get_origin(kind) is Literal else None
+
+
+def _parse(kind: Any, raw: object) -> object:
+    """``raw`` as ``kind``, or ValueError saying what is valid (see :func:`parse_value`)."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text == "":
+            raise ValueError("is empty; unset it to use the default, or give a value")
+        choices = _choices(kind)
+        if choices is not None:
+            lowered = text.lower()
+            for choice in choices:
+                if str(choice).lower() == lowered:
+                    return choice
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(_TYPE_MESSAGES[bool])
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(_TYPE_MESSAGES[int]) from None
+        if kind is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(_TYPE_MESSAGES[float]) from None
+            if not math.isfinite(value):
+                raise ValueError(_TYPE_MESSAGES[float])
+            return value
+        if kind is str:
+            return text
+    # typed values (a Flask config): the lossless conversions, else the type must match
+    if kind is bool and isinstance(raw, int) and not isinstance(raw, bool) and raw in (0, 1):
+        return bool(raw)
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    why = _problem_with_type(kind, raw)
+    if why is not None:
+        raise ValueError(why)
+    return raw
+
+
+def parse_value(kind: Any, raw: object, key: str) -> Any:
+    """``raw`` (a string from the environment, or a typed Flask config value) read as
+    ``kind`` -- ``bool``, ``int``, ``float``, ``str`` or a ``Literal[...]`` of allowed words
+    -- or :class:`SettingsError` naming ``key``, the value and what is valid.
+
+    Strings are stripped; ``""`` is an error; booleans are true/false, 1/0, yes/no, on/off in
+    any case and nothing else; words of a ``Literal`` match case-insensitively. Typed values
+    must already be of the kind (an ``int`` 0 or 1 is a boolean, an ``int`` is a float).
+    """
     try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number of seconds (e.g. 0.5)") from None
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number of seconds")
-    return value
+        return _parse(kind, raw)
+    except ValueError as exc:
+        raise SettingsError([SettingsProblem(key, raw, str(exc))]) from None
 
 
-def _is_sqlite_memory(url: str | URL | None) -> bool:
+D = TypeVar("D")
+
+
+def from_mapping(
+    cls: type[D],
+    mapping: Mapping[str, Any],
+    prefix: str,
+    *,
+    other_keys: Collection[str] = (),
+    other_prefixes: Sequence[str] = (),
+    unknown: Literal["error", "ignore"] = "error",
+    **extra: Any,
+) -> D:
+    """An instance of the dataclass ``cls`` from the ``prefix``-ed keys of ``mapping``.
+
+    Each init field ``name`` is read from the key ``prefix + NAME`` with :func:`parse_value`
+    and the field's annotation as its kind; a missing key leaves the field's default. Keys
+    without the prefix are ignored, and so are ``other_keys`` and keys starting with one of
+    ``other_prefixes`` (settings read elsewhere). Another prefixed key is an error naming the
+    valid keys and the closest match (``unknown="ignore"`` skips it, for a prefix shared with
+    other readers). Every problem is collected and raised together as :class:`SettingsError`;
+    ``cls``'s own validation (``__post_init__``) then runs. ``extra`` goes to ``cls`` as is.
+    """
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.init and f.name not in extra]  # type: ignore[arg-type]
+    valid_keys = [f"{prefix}{name.upper()}" for name in names]
+    ignored = frozenset(other_keys)
+    values: dict[str, Any] = {}
+    problems: list[SettingsProblem] = []
+    for key, raw in mapping.items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        if key in ignored or any(key.startswith(p) for p in other_prefixes):
+            continue
+        name = key[len(prefix) :].lower()
+        if name not in names:
+            if unknown == "ignore":
+                continue
+            close = difflib.get_close_matches(key, [*valid_keys, *sorted(ignored)], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            listed = ", ".join([*valid_keys, *sorted(ignored)])
+            problems.append(
+                SettingsProblem(key, raw, f"is not a setting; {hint}valid keys: {listed}")
+            )
+            continue
+        try:
+            values[name] = _parse(hints[name], raw)
+        except ValueError as exc:
+            problems.append(SettingsProblem(key, raw, str(exc)))
+    if problems:
+        raise SettingsError(problems)
+    return cls(**values, **extra)
+
+
+# ---------------------------------------------------------------------- the extension's keys
+
+#: Keys under this prefix describe the fleet (``pooltender.flask.shape_from_config``).
+FLEET_PREFIX = f"{DEFAULT_PREFIX}FLEET_"
+#: Admission control's switch and keys, read by :mod:`pooltender.admission.settings` (which
+#: refuses an unknown key under the prefix).
+ADMISSION_SWITCH = f"{DEFAULT_PREFIX}ADMISSION"
+ADMISSION_PREFIX = f"{ADMISSION_SWITCH}_"
+
+BudgetCheck = Literal["fail", "warn", "off", "auto"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtensionSettings:
+    """The Flask extension's own keys (``POOLTENDER_<FIELD>``), validated like the pool's.
+
+    ``shed``: shed a request that waited the pool's ``shed_wait`` with 503 + Retry-After
+    (``PoolSettings.shed_wait`` says how long); on by default.
+
+    ``retry_after``: the whole seconds of that 503's ``Retry-After`` header (RFC 9110 allows
+    only whole seconds); 1 by default: a shed is a burst, and the client should come back
+    soon, to a worker that has a connection free.
+
+    ``endpoints``: URL prefix of ``<prefix>/stats`` and ``<prefix>/health``;
+    ``metrics_path``: the Prometheus page; ``dashboard_path``: the dashboard. Each is a path
+    starting with ``/``, or ``off`` (any case) to serve nothing there.
+
+    ``dashboard``: serve the live dashboard; off by default (it shows who holds the
+    server's connections, so an app opts in, behind its ``protect`` callable).
+
+    ``budget_check``: what the start-up budget check does when the fleet does not fit:
+    ``fail`` refuses to start, ``warn`` logs, ``off`` skips it; ``auto`` (the default) is
+    ``warn`` when a fleet shape is configured and ``off`` otherwise (nothing to check).
+    """
+
+    shed: bool = True
+    retry_after: int = 1
+    endpoints: str = "/pooltender"
+    metrics_path: str = "/metrics"
+    dashboard: bool = False
+    dashboard_path: str = "/pooltender/dashboard"
+    budget_check: BudgetCheck = "auto"
+
+    def __post_init__(self) -> None:
+        problems: list[SettingsProblem] = []
+        for name, kind in get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            why = _problem_with_type(kind, value)
+            if why is not None:
+                problems.append(SettingsProblem(_key(name), value, why))
+        if not problems:
+            if self.retry_after < 1:
+                problems.append(
+                    SettingsProblem(
+                        _key("retry_after"), self.retry_after, "must be at least 1 second"
+                    )
+                )
+            for name in ("endpoints", "metrics_path", "dashboard_path"):
+                value = getattr(self, name)
+                if not _is_off(value) and (not value.startswith("/") or value.strip("/") == ""):
+                    problems.append(
+                        SettingsProblem(
+                            _key(name),
+                            value,
+                            f"must be a path below / (e.g. {getattr(type(self), name)!r}), or "
+                            f"{OFF!r} to serve nothing there",
+                        )
+                    )
+        if problems:
+            raise SettingsError(problems)
+
+    def path(self, name: Literal["endpoints", "metrics_path", "dashboard_path"]) -> str | None:
+        """The path of ``name`` without a trailing ``/``, or None when it is ``off``."""
+        value: str = getattr(self, name)
+        return None if _is_off(value) else "/" + value.strip("/")
+
+    def budget_mode(self, has_fleet_shape: bool) -> Literal["fail", "warn", "off"]:
+        """``budget_check`` with ``auto`` resolved."""
+        if self.budget_check == "auto":
+            return "warn" if has_fleet_shape else "off"
+        return self.budget_check
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> ExtensionSettings:
+        """The extension's keys from ``mapping`` (other keys are left to their readers)."""
+        return from_mapping(cls, mapping, DEFAULT_PREFIX, unknown="ignore")
+
+
+#: The value of a path key that turns the page off.
+OFF: Final = "off"
+
+
+def _is_off(value: str) -> bool:
+    return value.strip().lower() == OFF
+
+
+def _key(name: str) -> str:
+    return f"{DEFAULT_PREFIX}{name.upper()}"
+
+
+#: Every key :class:`ExtensionSettings` reads.
+EXTENSION_KEYS: Final = frozenset(_key(f.name) for f in fields(ExtensionSettings))
+
+#: The liveness window used where pooltender installs its idle-window ping (the Flask
+#: extension): bench/watch_overhead.py measured checkout + checkin at 1.58x a bare pool with
+#: SQLAlchemy's pre-ping on every checkout and 1.08x with a ping only after 0.5 s idle
+#: (docs/benchmarks.md), while tests/pooltender/test_liveness.py shows killed, timed-out and
+#: restarted-server connections still caught. PoolSettings alone keeps 0 (pre-ping every
+#: checkout), the safe choice for an engine built without the watch.
+WATCHED_PING_AFTER_IDLE: Final = 0.5
+
+
+def settings_from_config(config: Mapping[str, Any]) -> PoolSettings:
+    """PoolSettings from a Flask config's (or the environment's) ``POOLTENDER_*`` keys.
+
+    Without ``POOLTENDER_PING_AFTER_IDLE`` the liveness check is the idle-window ping of
+    :data:`WATCHED_PING_AFTER_IDLE` seconds, which the Flask extension installs.
+    """
+    settings = PoolSettings.from_mapping(config, DEFAULT_PREFIX)
+    if f"{DEFAULT_PREFIX}PING_AFTER_IDLE" not in config and settings.pool_pre_ping:
+        settings = settings.with_values(ping_after_idle=WATCHED_PING_AFTER_IDLE)
+    return settings
+
+
+def extension_settings_from_config(config: Mapping[str, Any]) -> ExtensionSettings:
+    """:class:`ExtensionSettings` from a Flask config's keys."""
+    return ExtensionSettings.from_mapping(config)
+
+
+def is_sqlite_memory(url: str | URL | None) -> bool:
+    """True for a SQLite in-memory database URL (one connection, no pool to size); False
+    for any other URL and for None (no URL known)."""
     if url is None:
         return False
     from sqlalchemy.engine import make_url

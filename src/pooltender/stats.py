@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pooltender.leaks import GcReturnReport, LeakReport, Stack, format_stack
+from pooltender.leaks import GcReturnReport, LeakReport, Stack, format_stack, stack_where
 
 __all__ = [
     "CHECKOUT_WAIT_BUCKETS",
@@ -103,7 +103,7 @@ class SecondCheckoutReport:
     @property
     def where(self) -> str:
         """``file:line`` of the user's code that made the second checkout."""
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
+        return stack_where(self.stack)
 
     def __str__(self) -> str:
         text = (

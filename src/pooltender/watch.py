@@ -48,12 +48,16 @@ The hot path -- checkout and checkin -- is where a choice was needed:
 Per-checkout state lives in the connection record's public ``record_info`` dict (key
 ``"pooltender.watch"``), so a checkin finds its checkout without a registry lookup.
 
-**Units of work.** The owner of a checkout is ``threading.get_ident()`` by default: one owner
-per OS thread, and per greenlet under gevent/eventlet monkeypatching (they patch
-``get_ident``). For asyncio pass ``owner=task_owner``. An owner that checks out a second
-connection while holding one -- the post-mortem's ``Session(bind=db.engine)`` beside
-``db.session`` -- is counted (``second_checkouts``) and logged on ``pooltender.watch`` with the
-``file:line`` stack of the second checkout (and of the first when stacks are captured).
+**Units of work.** The owner of a checkout is the unit of work (:mod:`pooltender.units`): the
+request under the Flask extension, :func:`pooltender.session.unit_of_work` or
+:func:`unit_scope`, else the running asyncio task, else the thread (``threading.get_ident()``,
+per greenlet under gevent/eventlet monkeypatching); reading it is one ``ContextVar.get`` on
+the checkout path. An owner that checks out a second connection while holding one -- the
+post-mortem's ``Session(bind=db.engine)`` beside ``db.session`` -- is counted
+(``second_checkouts``) and logged on ``pooltender.watch`` with the ``file:line`` stack of the
+second checkout (and of the first when stacks are captured), once per call site. When a unit
+ends (:func:`end_unit_of_work`) with connections still out, they are reported once and then
+owned by nobody: a later unit on the same reused thread is never blamed for them.
 
 **Leaks** are :mod:`pooltender.leaks`'s job (a do-nothing tracker when detection is off).
 """
@@ -61,14 +65,17 @@ connection while holding one -- the post-mortem's ``Session(bind=db.engine)`` be
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -81,12 +88,13 @@ from pooltender.leaks import (
     NO_TRACKING,
     GcReturnReport,
     LeakReport,
-    Stack,
+    OpenCheckout,
     StackTracker,
     TrackedCheckout,
     Tracker,
     capture_stack,
     format_stack,
+    stack_where,
 )
 from pooltender.stats import (
     CHECKOUT_WAIT_BUCKETS,
@@ -95,6 +103,7 @@ from pooltender.stats import (
     PoolStats,
     SecondCheckoutReport,
 )
+from pooltender.units import NOBODY, UnitOfWork, begin_unit, current_owner, reset_unit
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -111,9 +120,12 @@ __all__ = [
     "PoolStats",
     "PoolWatch",
     "SecondCheckoutReport",
+    "UnitLeak",
     "WatchedQueuePool",
+    "end_unit_of_work",
     "install_watch",
     "task_owner",
+    "unit_scope",
     "watch_of",
 ]
 
@@ -128,7 +140,9 @@ _KEY: Final = "pooltender.watch"
 
 
 def task_owner() -> Hashable:
-    """Owner key for asyncio code: the running task, else the thread (pass as ``owner=``)."""
+    """Owner key for asyncio code: the running task, else the thread. The default owner
+    (:func:`pooltender.units.current_owner`) already prefers the task; kept for callers that
+    pass ``owner=task_owner`` and want units of work ignored."""
     try:
         task = asyncio.current_task()
     except RuntimeError:
@@ -146,20 +160,6 @@ def _snapshot(bounds: tuple[float, ...], counts: list[int], total_ns: int) -> Hi
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class OpenCheckout:
-    """A connection checked out right now (for test guards and teardown safety nets)."""
-
-    seq: int
-    held_seconds: float
-    thread_name: str
-    stack: Stack
-
-    @property
-    def where(self) -> str:
-        return f"{self.stack[0].filename}:{self.stack[0].lineno}" if self.stack else "?"
 
 
 # --------------------------------------------------------------------------- the pool class
@@ -209,23 +209,29 @@ class _Hot:
         self, watch: PoolWatch, owner: Callable[[], Hashable], report_second: bool
     ) -> None:
         self.watch = watch
+        self.owner = owner
+        self.report_second = report_second
+        self.tracker: Tracker = NO_TRACKING  # the watch's tracker (do-nothing when off)
+        self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
+        self.wait_first = self.wait_bounds[0]
+        self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
+        self.hold_first = self.hold_bounds[0]
+        self.start()
+
+    def start(self) -> None:
+        """A new lock and every count at zero (at creation, and in a forked child, where the
+        parent's lock may be held by a thread that does not exist and its counts are not
+        this process's)."""
         self.lock = threading.Lock()
         self.acquire = self.lock.acquire
         self.release = self.lock.release
-        self.owner = owner
-        self.report_second = report_second
         self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
         self.seq = itertools.count(1)  # numbers tracked checkouts; atomic without the lock
-        self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
         self.out = 0
         self.high = 0
         # histograms: counts per bucket (last = +Inf) and a sum in ns
-        self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
-        self.wait_first = self.wait_bounds[0]
         self.wait_counts = [0] * (len(CHECKOUT_WAIT_BUCKETS) + 1)
         self.wait_total = 0
-        self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
-        self.hold_first = self.hold_bounds[0]
         self.hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
         self.hold_total = 0
 
@@ -276,8 +282,7 @@ class WatchedQueuePool(QueuePool):
             hot.wait_total += waited
         finally:
             hot.release()
-        tracker = hot.tracker  # None when leak detection is off
-        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
+        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)  # None when off
         # record_info belongs to this checkout alone until the caller gets the connection
         record.record_info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
@@ -305,11 +310,12 @@ class WatchedQueuePool(QueuePool):
                         hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
                     hot.hold_total += held_for
                     held_by = hot.held
-                    held = held_by[owner] - 1
-                    if held:
+                    held = held_by.get(owner, 0) - 1
+                    if held > 0:
                         held_by[owner] = held
-                    else:
+                    elif held == 0:
                         del held_by[owner]
+                    # else its unit of work ended with it out: disowned, held by nobody
                 finally:
                     hot.release()
                 if tracked is not None:
@@ -348,14 +354,23 @@ class PoolWatch:
         leak_threshold: float = 0.0,
         capture_stacks: bool = False,
         report_second_checkouts: bool = True,
-        owner: Callable[[], Hashable] = threading.get_ident,
+        owner: Callable[[], Hashable] = current_owner,
         max_reports: int = 100,
     ) -> None:
         self._engine_ref = weakref.ref(engine)
         self._name = engine.url.render_as_string(hide_password=True)
-        self._hot = hot = _Hot(self, owner, report_second_checkouts)
-        self._lock = hot.lock
+        self._hot = _Hot(self, owner, report_second_checkouts)
         self._owner = owner
+        self._max_reports = max_reports
+        self._leak_threshold = 0.0
+        self._capture_stacks = False
+        self._listeners: list[tuple[str, Callable[..., None]]] = []
+        self._start()
+        self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
+
+    def _start(self) -> None:
+        """Every count, report and the rate window from zero (``_hot`` already started)."""
+        self._lock = self._hot.lock
         self._detaches = 0
         self._connects = 0
         self._closes = 0
@@ -370,18 +385,35 @@ class PoolWatch:
         self._gc_returns = 0
         self._installed = self._since = time.monotonic()
         self._checkouts_at_reset = 0
-        self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=max_reports)
+        self._second_reports: deque[SecondCheckoutReport] = deque(maxlen=self._max_reports)
         self._second_sites: set[str] = set()
         self._second_sites_full = False
-        self._leak_reports: deque[LeakReport] = deque(maxlen=max_reports)
-        self._gc_reports: deque[GcReturnReport] = deque(maxlen=max_reports)
-        self._leak_threshold = 0.0
-        self._capture_stacks = False
-        self._tracker: Tracker = NO_TRACKING
-        self._listeners: list[tuple[str, Callable[..., None]]] = []
-        self.configure(leak_threshold=leak_threshold, capture_stacks=capture_stacks)
+        self._leak_reports: deque[LeakReport] = deque(maxlen=self._max_reports)
+        self._gc_reports: deque[GcReturnReport] = deque(maxlen=self._max_reports)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: this process's own state. The parent's counts, open checkouts
+        and held-by-owner figures are not the child's; its lock may have been held by a
+        parent thread at the fork; its leak sweeper thread does not exist here. So: a new
+        lock and zero counts (the pool keeps this same ``_Hot``, also across
+        ``engine.dispose()``), and a new tracker whose sweeper starts on the child's first
+        checkout."""
+        self._hot.start()
+        self._start()
+        self._tracker = NO_TRACKING  # the parent's: its checkouts and sweeper are not ours
+        self.configure()
 
     # ---- configuration ------------------------------------------------------------------
+
+    @property
+    def _tracker(self) -> Tracker:
+        """The leak tracker: :data:`~pooltender.leaks.NO_TRACKING` when detection is off (the
+        one representation of "off"); the hot path reads the same object from ``_hot``."""
+        return self._hot.tracker
+
+    @_tracker.setter
+    def _tracker(self, tracker: Tracker) -> None:
+        self._hot.tracker = tracker
 
     @property
     def leak_threshold(self) -> float:
@@ -413,10 +445,9 @@ class PoolWatch:
                 name=self._name,
             )
             new.adopt(old)
-            self._tracker = self._hot.tracker = new
+            self._tracker = new
         else:
             self._tracker = NO_TRACKING
-            self._hot.tracker = None
         self._leak_threshold = threshold
         self._capture_stacks = stacks
         old.stop()
@@ -453,7 +484,6 @@ class PoolWatch:
         self._listeners = []
         self._tracker.stop()
         self._tracker = NO_TRACKING
-        self._hot.tracker = None
 
     def reset_high_water(self) -> None:
         """Start the high-water mark again from the connections checked out now."""
@@ -481,8 +511,7 @@ class PoolWatch:
             if out > hot.high:
                 hot.high = out
             held = hot.held[owner] = hot.held.get(owner, 0) + 1
-        tracker = hot.tracker
-        tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
+        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)
         info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
             self._second_checkout(owner, tracked, held)
@@ -500,10 +529,10 @@ class PoolWatch:
             hot.out -= 1
             hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
             hot.hold_total += held_for
-            held = hot.held[owner] - 1
-            if held:
+            held = hot.held.get(owner, 0) - 1
+            if held > 0:
                 hot.held[owner] = held
-            else:
+            elif held == 0:
                 del hot.held[owner]
         if tracked is not None:
             self._tracker.on_checkin(tracked, now)
@@ -677,6 +706,22 @@ class PoolWatch:
             if t.owner == owner
         )
 
+    def release_unit(self, unit: Hashable) -> UnitLeak | None:
+        """``unit`` ended: what it still holds is returned (to be reported once) and from now
+        on owned by nobody, so no later owner is counted as holding it; None if nothing."""
+        hot = self._hot
+        with hot.lock:
+            held = hot.held.pop(unit, 0)
+        if not held:
+            return None
+        disowned = self._tracker.disown(unit, NOBODY)
+        return UnitLeak(
+            engine=self._name,
+            unit=getattr(unit, "name", repr(unit)),
+            held=held,
+            where=tuple(stack_where(t.stack) for t in disowned),
+        )
+
     def sweep(self) -> int:
         """Run one leak sweep now (tests; the sweeper thread does this on its own)."""
         tracker = self._tracker
@@ -738,7 +783,7 @@ def install_watch(
     leak_threshold: float = 0.0,
     capture_stacks: bool = False,
     report_second_checkouts: bool = True,
-    owner: Callable[[], Hashable] = threading.get_ident,
+    owner: Callable[[], Hashable] = current_owner,
     max_reports: int = 100,
 ) -> PoolWatch:
     """Install the watch on ``engine`` (idempotent) and return it.
@@ -746,7 +791,8 @@ def install_watch(
     ``leak_threshold``: seconds a checkout may last before it is reported (0 = off).
     ``capture_stacks``: keep each checkout's stack even without a threshold.
     ``report_second_checkouts``: log and count an owner's second concurrent checkout.
-    ``owner``: who a checkout belongs to (thread by default; :func:`task_owner` for asyncio).
+    ``owner``: who a checkout belongs to (default :func:`pooltender.units.current_owner`: the
+    unit of work, else the asyncio task, else the thread).
     ``max_reports``: how many of each kind of report are kept (oldest dropped).
 
     A second call on the same engine returns the existing watch. A non-zero
@@ -777,3 +823,68 @@ def install_watch(
 def watch_of(engine: Engine) -> PoolWatch | None:
     """The watch installed on ``engine``, or None."""
     return _WATCHES.get(engine)
+
+
+# --------------------------------------------------------------------------- units of work
+
+
+@dataclass(frozen=True)
+class UnitLeak:
+    """A unit of work ended with ``held`` connections of ``engine`` still checked out
+    (``where``: ``file:line`` of each, when stacks were captured). Reported once; the
+    connections then belong to nobody."""
+
+    engine: str
+    unit: str
+    held: int
+    where: tuple[str, ...]
+
+    def __str__(self) -> str:
+        places = "; ".join(self.where) or "unknown (enable leak detection for the stack)"
+        return (
+            f"{self.unit} ended with {self.held} connection(s) of engine {self.engine} still "
+            f"checked out (checked out at: {places})"
+        )
+
+
+def end_unit_of_work(token: contextvars.Token[UnitOfWork | None]) -> tuple[UnitLeak, ...]:
+    """End the unit begun with :func:`pooltender.units.begin_unit` and release it from every
+    watch: what it still holds is returned, for the caller to report once, and owned by
+    nobody from now on."""
+    unit = reset_unit(token)
+    if unit is None:
+        return ()
+    with _REGISTRY_LOCK:
+        watches = list(_WATCHES.values())
+    leaks = [leak for watch in watches if (leak := watch.release_unit(unit)) is not None]
+    return tuple(leaks)
+
+
+@contextmanager
+def unit_scope(name: str) -> Iterator[None]:
+    """A unit of work for the block: its checkouts are its own (a second one is reported),
+    and a connection still out at its end is logged once on ``pooltender.watch`` and then
+    owned by nobody."""
+    token = begin_unit(name)
+    try:
+        yield
+    finally:
+        for leak in end_unit_of_work(token):
+            logger.warning("pooltender: %s", leak)
+
+
+# --------------------------------------------------------------------------- fork
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: each watch starts afresh in the child
+    (gunicorn ``preload_app``, Celery prefork, ``multiprocessing`` with fork), whether or
+    not :func:`pooltender.hooks.dispose_inherited` runs too."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+    for watch in list(_WATCHES.values()):
+        watch._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

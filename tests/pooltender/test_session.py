@@ -294,6 +294,52 @@ def test_retry_resolves_a_real_deadlock(engine: Engine, database_url: str) -> No
         assert sorted(conn.execute(select(items.c.qty)).scalars()) == [2, 2]
 
 
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_retry_rides_out_a_real_mariadb_1020_snapshot_conflict(
+    engine: Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Error 1020 ("Record has changed since last read"), provoked for real: under
+    ``innodb_snapshot_isolation`` (a session variable; MariaDB 10.6.18+ / 10.11.8+, the
+    default from 11.6) a write to a row another transaction changed after this one's
+    snapshot fails instead of waiting. retry_transaction runs the transaction again."""
+    with engine.connect() as conn:
+        if not conn.execute(text("SHOW VARIABLES LIKE 'innodb_snapshot_isolation'")).all():
+            pytest.skip("this MariaDB has no innodb_snapshot_isolation (10.6.18+/10.11.8+)")
+    with Session(engine) as session, transaction_scope(session) as current:
+        current.add(Item(name="snap", qty=0))
+    calls = 0
+    codes: list[int] = []
+
+    def bump(session: Session) -> int:
+        nonlocal calls
+        calls += 1
+        session.execute(text("SET SESSION innodb_snapshot_isolation = ON"))
+        qty = session.execute(select(items.c.qty).where(items.c.name == "snap")).scalar_one()
+        if calls == 1:  # another client commits a change to the row read above
+            with engine.begin() as other:
+                other.execute(
+                    items.update().where(items.c.name == "snap").values(qty=items.c.qty + 10)
+                )
+        try:
+            session.execute(
+                items.update().where(items.c.name == "snap").values(qty=items.c.qty + 1)
+            )
+        except DBAPIError as err:
+            codes.append(int(err.orig.args[0]))  # type: ignore[union-attr]
+            raise
+        return int(qty)
+
+    caplog.set_level("INFO", logger="pooltender.session")
+    with Session(engine) as session:
+        seen = retry_transaction(session, bump, attempts=3, backoff=0.01)
+    assert codes == [1020]
+    assert calls == 2
+    assert seen == 10  # the retry read the other client's committed change ...
+    with engine.connect() as conn:  # ... and both increments stand
+        assert conn.execute(select(items.c.qty).where(items.c.name == "snap")).scalar_one() == 11
+    assert any("transaction conflict" in r.getMessage() for r in caplog.records)
+
+
 def test_retry_rides_out_sqlite_database_is_locked(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     engine = create_engine(url, connect_args={"timeout": 0.01})

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from pooltender.server.limits import ServerLimits
-from pooltender.settings import PoolSettings, SettingsError
+from pooltender.settings import (
+    WATCHED_PING_AFTER_IDLE,
+    ExtensionSettings,
+    PoolSettings,
+    SettingsError,
+    from_mapping,
+    is_sqlite_memory,
+    parse_value,
+    settings_from_config,
+)
 
 
 def test_defaults_are_small_and_valid() -> None:
@@ -203,3 +213,121 @@ def test_with_values_revalidates() -> None:
 def test_as_mapping_round_trips() -> None:
     settings = PoolSettings(pool_size=9, shed_wait=0.25)
     assert PoolSettings.from_mapping(settings.as_mapping()) == settings
+
+
+# ---------------------------------------------------------------------------- one parser
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "valid"),
+    [
+        ("POOLTENDER_SHED", "ture", "true or false"),
+        ("POOLTENDER_SHED", "", "is empty"),
+        ("POOLTENDER_DASHBOARD", "enabled", "true or false"),
+        ("POOLTENDER_DASHBOARD", 2, "true or false"),
+        ("POOLTENDER_RETRY_AFTER", "abc", "whole number"),
+        ("POOLTENDER_RETRY_AFTER", "1.5", "whole number"),
+        ("POOLTENDER_RETRY_AFTER", "0", "at least 1"),
+        ("POOLTENDER_BUDGET_CHECK", "fial", "one of fail, warn, off, auto"),
+        ("POOLTENDER_METRICS_PATH", "", "is empty"),
+        ("POOLTENDER_METRICS_PATH", "metrics", "a path below /"),
+        ("POOLTENDER_ENDPOINTS", "/", "a path below /"),
+        ("POOLTENDER_DASHBOARD_PATH", None, "must be text"),
+    ],
+)
+def test_extension_keys_are_parsed_strictly(key: str, raw: object, valid: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        ExtensionSettings.from_mapping({key: raw})
+    assert info.value.key == key
+    assert (repr(raw) if isinstance(raw, str) and raw.strip() != "0" else str(raw)) in str(
+        info.value
+    )
+    assert valid in str(info.value)
+
+
+def test_extension_keys_parse_and_default() -> None:
+    assert ExtensionSettings.from_mapping({}) == ExtensionSettings()
+    options = ExtensionSettings.from_mapping(
+        {
+            "POOLTENDER_SHED": "off",
+            "POOLTENDER_RETRY_AFTER": " 3 ",
+            "POOLTENDER_ENDPOINTS": "/ops/",
+            "POOLTENDER_METRICS_PATH": "OFF",
+            "POOLTENDER_DASHBOARD": True,
+            "POOLTENDER_BUDGET_CHECK": "Fail",
+            "POOLTENDER_POOL_SIZE": "not read here",
+        }
+    )
+    assert options.shed is False
+    assert options.retry_after == 3
+    assert options.path("endpoints") == "/ops"
+    assert options.path("metrics_path") is None
+    assert options.dashboard is True
+    assert options.budget_check == "fail"
+    assert ExtensionSettings().budget_mode(has_fleet_shape=True) == "warn"
+    assert ExtensionSettings().budget_mode(has_fleet_shape=False) == "off"
+
+
+def test_pool_settings_ignore_the_extension_and_fleet_keys_but_suggest_them() -> None:
+    settings = PoolSettings.from_mapping(
+        {"POOLTENDER_SHED": "true", "POOLTENDER_FLEET_HOSTS": "3", "POOLTENDER_POOL_SIZE": "5"}
+    )
+    assert settings.pool_size == 5
+    with pytest.raises(SettingsError, match="did you mean POOLTENDER_RETRY_AFTER"):
+        PoolSettings.from_mapping({"POOLTENDER_RETRY_AFTR": "2"})
+
+
+def test_parse_value_is_the_one_strict_parser() -> None:
+    assert parse_value(bool, "Yes", "K") is True
+    assert parse_value(bool, 0, "K") is False
+    assert parse_value(int, " 7 ", "K") == 7
+    assert parse_value(float, 2, "K") == 2.0
+    assert parse_value(str, " x ", "K") == "x"
+    for kind, raw in [(bool, "ture"), (bool, ""), (int, "abc"), (int, True), (float, "inf")]:
+        with pytest.raises(SettingsError) as info:
+            parse_value(kind, raw, "MY_KEY")
+        assert info.value.key == "MY_KEY"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Service:
+    workers: int = 2
+    debug: bool = False
+    mode: Literal["fast", "safe"] = "safe"
+
+
+def test_from_mapping_reads_any_dataclass() -> None:
+    read = from_mapping(_Service, {"SVC_WORKERS": "4", "SVC_MODE": "FAST", "OTHER": "x"}, "SVC_")
+    assert read == _Service(workers=4, mode="fast")
+    with pytest.raises(SettingsError) as info:
+        from_mapping(_Service, {"SVC_WORKER": "4", "SVC_DEBUG": "maybe"}, "SVC_")
+    assert [p.key for p in info.value.problems] == ["SVC_WORKER", "SVC_DEBUG"]
+    assert "did you mean SVC_WORKERS" in str(info.value)
+    assert from_mapping(_Service, {"SVC_UNKNOWN": "1"}, "SVC_", unknown="ignore") == _Service()
+
+
+def test_settings_from_config_and_memory_detection() -> None:
+    assert settings_from_config({}).ping_after_idle == WATCHED_PING_AFTER_IDLE
+    assert settings_from_config({"POOLTENDER_PING_AFTER_IDLE": "0"}).ping_after_idle == 0
+    assert is_sqlite_memory("sqlite://")
+    assert is_sqlite_memory("sqlite:///:memory:")
+    assert not is_sqlite_memory("sqlite:///var/app.db")
+    assert not is_sqlite_memory(None)
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"), [("POOLTENDER_SHED", "ture"), ("POOLTENDER_RETRY_AFTER", "abc")]
+)
+def test_the_extension_refuses_to_start_on_a_misspelt_value(key: str, raw: str) -> None:
+    """Before: ``ture`` silently turned shedding off and ``abc`` escaped as a bare ValueError."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from pooltender.flask import Pooltender
+
+    app = Flask(__name__)
+    app.config.update({"SQLALCHEMY_DATABASE_URI": "sqlite://", key: raw})
+    with pytest.raises(SettingsError) as info:
+        Pooltender(app, SQLAlchemy())
+    assert info.value.key == key
+    assert "pooltender" not in app.extensions

@@ -79,10 +79,18 @@ def test_install_is_idempotent_and_getter_finds_it(sqlite_engine: Engine) -> Non
     assert watch_of(sqlite_engine) is None
 
 
+def _sweepers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("pooltender-leaks-")]
+
+
 def test_install_starts_no_thread(sqlite_engine: Engine) -> None:
-    before = threading.active_count()
+    """The sweeper is started by the first checkout, not by the install (nor at import)."""
     install_watch(sqlite_engine, leak_threshold=30)
-    assert threading.active_count() == before  # the sweeper starts on the first checkout
+    name = f"pooltender-leaks-{sqlite_engine.url.render_as_string(hide_password=True)}"
+    assert [t for t in _sweepers() if t.name == name] == []
+    with sqlite_engine.connect():
+        pass
+    assert [t.is_alive() for t in _sweepers() if t.name == name] == [True]
 
 
 def test_counters_gauges_and_histograms(sqlite_engine: Engine) -> None:
@@ -105,9 +113,31 @@ def test_counters_gauges_and_histograms(sqlite_engine: Engine) -> None:
     assert after.hold_time.count == 1
     assert after.hold_time_mean > 0
     assert after.checkouts_per_second > 0
-    assert after.busy_connections == pytest.approx(
-        after.checkouts_per_second * after.hold_time_mean
-    )
+
+
+def test_busy_connections_is_the_fraction_of_time_a_connection_was_held(
+    sqlite_engine: Engine,
+) -> None:
+    """Little's law checked against a workload of known shape: one connection held
+    0.05 s at a time, back to back, for ~0.25 s, so about one connection was busy."""
+    watch = install_watch(sqlite_engine)
+    watch.reset()
+    started = time.monotonic()
+    held = 0.0
+    for _ in range(5):
+        with sqlite_engine.connect():
+            t0 = time.monotonic()
+            time.sleep(0.05)
+            held += time.monotonic() - t0
+    elapsed = time.monotonic() - started
+    stats = watch.stats()
+    assert stats.window_checkouts == 5
+    assert held / elapsed > 0.8  # the workload really kept a connection busy
+    assert stats.busy_connections == pytest.approx(held / elapsed, rel=0.1)
+    time.sleep(0.25)  # idle as long again: about half as busy on average
+    later = watch.stats()
+    assert later.busy_connections == pytest.approx(held / (time.monotonic() - started), rel=0.1)
+    assert later.busy_connections < 0.75 * stats.busy_connections
 
 
 def test_overflow_high_water_and_timeouts(tmp_path: Path) -> None:

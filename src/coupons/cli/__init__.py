@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from coupons.cli import codes, consume, demo, serve, users
 from coupons.cli import db as db_commands
 from coupons.cli.common import CouponsGroup
 
@@ -18,12 +19,5 @@ def main() -> None:
 
 
 main.add_command(db_commands.db)
-
-for _module in ("users", "codes", "demo", "serve", "consume"):
-    try:
-        _mod = __import__(f"coupons.cli.{_module}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:  # a subcommand module not written yet
-        if _exc.name != f"coupons.cli.{_module}":
-            raise
-        continue
-    _mod.register(main)
+for _module in (users, codes, demo, serve, consume):
+    _module.register(main)

@@ -26,6 +26,9 @@ from pooltender.server.doctor import (
 from pooltender.server.snapshot import InspectionError, ServerSnapshot
 from pooltender.settings import PoolSettings, SettingsError
 
+#: The option defaults are the library's (written once, in Thresholds).
+_DEFAULT_THRESHOLDS = Thresholds()
+
 FLEET_OPTIONS = (
     "hosts",
     "processes",
@@ -170,14 +173,14 @@ Exit status: 0 healthy, 1 findings (warning or worse), 2 no URL or cannot connec
 @click.option(
     "--near-limit",
     type=click.FloatRange(0, 1, min_open=True),
-    default=0.8,
+    default=_DEFAULT_THRESHOLDS.near_limit,
     show_default=True,
     help="Fraction of max_connections that is a finding.",
 )
 @click.option(
     "--idle-after",
     type=click.FloatRange(0),
-    default=60.0,
+    default=_DEFAULT_THRESHOLDS.idle_after,
     show_default=True,
     help="Seconds idle before a connection counts as long-idle.",
 )
@@ -185,14 +188,14 @@ Exit status: 0 healthy, 1 findings (warning or worse), 2 no URL or cannot connec
     "--idle-per-host",
     "idle_per_group",
     type=click.IntRange(0),
-    default=10,
+    default=_DEFAULT_THRESHOLDS.idle_per_group,
     show_default=True,
     help="Long-idle connections from one account on one host that are a finding.",
 )
 @click.option(
     "--idle-in-transaction-after",
     type=click.FloatRange(0),
-    default=60.0,
+    default=_DEFAULT_THRESHOLDS.idle_in_transaction_after,
     show_default=True,
     help="Seconds idle inside a transaction that are a finding.",
 )

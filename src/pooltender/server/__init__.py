@@ -15,111 +15,14 @@ only ``SELECT`` / ``SHOW`` (the killer's ``KILL`` / ``pg_terminate_backend`` onl
 asked), and shows a URL only masked.
 
 The names of the former ``pooltender.server`` module (the snapshot's) are importable from
-here, as before; they and :class:`ServerLimits` are loaded on first use, so importing one
-submodule does not load the others.
+here, as before, and so are :class:`ServerLimits` and :func:`read_server_limits`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from pooltender.server import snapshot as _snapshot
+from pooltender.server.limits import ServerLimits, read_server_limits
+from pooltender.server.snapshot import *  # noqa: F403  (the former pooltender.server's names)
 
-if TYPE_CHECKING:
-    from pooltender.server.limits import ServerLimits, read_server_limits
-    from pooltender.server.snapshot import (
-        ACTIVE,
-        CLIENT,
-        CONNECT_TIMEOUT,
-        IDLE,
-        IDLE_IN_TRANSACTION,
-        IDLE_IN_TRANSACTION_ABORTED,
-        MYSQL_SESSION_BUFFERS,
-        MYSQL_STATUS,
-        MYSQL_VARIABLES,
-        PG_SETTINGS,
-        QUERY_CHARS,
-        REPLICATION,
-        SYSTEM,
-        SYSTEM_KIND,
-        InspectionError,
-        ServerConnection,
-        ServerSnapshot,
-        connect_for_inspection,
-        inspect_url,
-        mask_url,
-        scrub,
-        take_snapshot,
-    )
-
-_SNAPSHOT = "pooltender.server.snapshot"
-_EXPORTS: dict[str, str] = {
-    "ServerLimits": "pooltender.server.limits",
-    "read_server_limits": "pooltender.server.limits",
-    **{
-        name: _SNAPSHOT
-        for name in (
-            "ACTIVE",
-            "CLIENT",
-            "CONNECT_TIMEOUT",
-            "IDLE",
-            "IDLE_IN_TRANSACTION",
-            "IDLE_IN_TRANSACTION_ABORTED",
-            "MYSQL_SESSION_BUFFERS",
-            "MYSQL_STATUS",
-            "MYSQL_VARIABLES",
-            "PG_SETTINGS",
-            "QUERY_CHARS",
-            "REPLICATION",
-            "SYSTEM",
-            "SYSTEM_KIND",
-            "InspectionError",
-            "ServerConnection",
-            "ServerSnapshot",
-            "connect_for_inspection",
-            "inspect_url",
-            "mask_url",
-            "scrub",
-            "take_snapshot",
-        )
-    },
-}
-
-__all__ = [
-    "ACTIVE",
-    "CLIENT",
-    "CONNECT_TIMEOUT",
-    "IDLE",
-    "IDLE_IN_TRANSACTION",
-    "IDLE_IN_TRANSACTION_ABORTED",
-    "MYSQL_SESSION_BUFFERS",
-    "MYSQL_STATUS",
-    "MYSQL_VARIABLES",
-    "PG_SETTINGS",
-    "QUERY_CHARS",
-    "REPLICATION",
-    "SYSTEM",
-    "SYSTEM_KIND",
-    "InspectionError",
-    "ServerConnection",
-    "ServerLimits",
-    "ServerSnapshot",
-    "connect_for_inspection",
-    "inspect_url",
-    "mask_url",
-    "read_server_limits",
-    "scrub",
-    "take_snapshot",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pooltender.server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = ["ServerLimits", "read_server_limits"]
+__all__ += _snapshot.__all__

@@ -367,6 +367,21 @@ def _take(connection: Connection, shown_url: str) -> ServerSnapshot:
     raise InspectionError(f"pooltender cannot inspect a {name!r} server ({shown_url})")
 
 
+def _snapshot(limits: ServerLimits, shown_url: str, **observed: Any) -> ServerSnapshot:
+    """A snapshot taken now, of the server ``limits`` describe: what every backend's snapshot
+    takes from the limits, plus what was ``observed``."""
+    return ServerSnapshot(
+        backend=limits.backend,
+        server_version=limits.server_version,
+        taken_at=time.time(),
+        url=shown_url,
+        max_connections=limits.max_connections,
+        reserved_connections=limits.reserved_connections,
+        limits=limits,
+        **observed,
+    )
+
+
 def _floats(values: Mapping[str, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in values.items():
@@ -487,19 +502,14 @@ def _take_mysql(connection: Connection, shown_url: str) -> ServerSnapshot:
         missing = [n for n in MYSQL_SESSION_BUFFERS if n not in variables]
         unreadable["memory_per_connection_bytes"] = f"variables not reported: {', '.join(missing)}"
 
-    return ServerSnapshot(
-        backend="mysql",
-        server_version=limits.server_version,
-        taken_at=time.time(),
-        url=shown_url,
-        max_connections=limits.max_connections,
-        reserved_connections=limits.reserved_connections,
+    return _snapshot(
+        limits,
+        shown_url,
         connections=connections,
         status=status,
         variables=variables,
         memory_per_connection_bytes=memory,
         unreadable=unreadable,
-        limits=limits,
         current_user=str(current_user),
         privileged=privileged,
         privilege_evidence=evidence,
@@ -617,19 +627,14 @@ def _take_postgresql(connection: Connection, shown_url: str) -> ServerSnapshot:
     unreadable["Connection_errors_max_connections"] = (
         "PostgreSQL counts no refused connections (see its log: 'sorry, too many clients')"
     )
-    return ServerSnapshot(
-        backend="postgresql",
-        server_version=limits.server_version,
-        taken_at=time.time(),
-        url=shown_url,
-        max_connections=limits.max_connections,
-        reserved_connections=limits.reserved_connections,
+    return _snapshot(
+        limits,
+        shown_url,
         connections=connections,
         status=status,
         variables=variables,
         memory_per_connection_bytes=None,
         unreadable=unreadable,
-        limits=limits,
         current_user=str(current_user),
         privileged=bool(privileged),
         privilege_evidence=f"{current_user}: rolsuper = {'true' if privileged else 'false'}",
