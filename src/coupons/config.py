@@ -240,7 +240,10 @@ class Settings:
 
     def engine_options(self) -> dict[str, Any]:
         """Every ``create_engine`` keyword argument: the pool's and the driver's."""
-        return {**self.pool.engine_options(self.database_url), **self.connect_options()}
+        pool = self.pool.engine_options(self.database_url)
+        own = self.connect_options()
+        connect_args = {**pool.get("connect_args", {}), **own.get("connect_args", {})}
+        return {**pool, **own, "connect_args": connect_args}
 
     @classmethod
     def from_env(

@@ -282,6 +282,8 @@ class Pooltender:
                     for k in clashes
                 ]
             )
+        # Driver timeouts (pooltender.settings) under the app's own connect_args, which win.
+        ours["connect_args"] = {**ours.get("connect_args", {}), **options.get("connect_args", {})}
         options.update(ours)
         memory = uri is None or (
             make_url(uri).get_backend_name() == "sqlite"
