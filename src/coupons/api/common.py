@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coupons.app import settings_of
 from coupons.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
@@ -182,9 +183,20 @@ def install_input_guard(app: Flask) -> None:
     app.before_request(_guard_input)
 
 
+def install_trusted_proxies(app: Flask) -> None:
+    """Behind ``COUPONS_TRUSTED_PROXIES`` proxies, take the client address from
+    X-Forwarded-For that many hops back (Werkzeug's ProxyFix); with 0 (the default) the
+    header is ignored, since any client can send it."""
+    hops = settings_of(app).trusted_proxies
+    if hops and not isinstance(app.wsgi_app, ProxyFix):
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: Flask) -> None:
-    """Map service errors and HTTP errors to the JSON error shape; guard the input."""
+    """Map service errors and HTTP errors to the JSON error shape; guard the input; read the
+    client address through the trusted proxies."""
     install_input_guard(app)
+    install_trusted_proxies(app)
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
@@ -289,5 +301,6 @@ def require_role(*roles: Role) -> Callable[[F], F]:
 
 
 def client_address() -> str:
-    """The caller's address as the WSGI server saw it (put a proxy fix in front if needed)."""
+    """The caller's address: the peer, or the X-Forwarded-For entry ``COUPONS_TRUSTED_PROXIES``
+    hops back when proxies are trusted (:func:`install_trusted_proxies`)."""
     return request.remote_addr or "unknown"
