@@ -340,21 +340,88 @@ def test_account_is_locked_after_too_many_failures(
     assert rows(RefreshToken) == 0
 
 
-def test_address_is_locked_after_too_many_failures(
-    app: Flask, client: FlaskClient, create_user: Callable[..., auth.UserInfo], rows: Rows
+def test_an_address_over_its_limit_never_locks_other_accounts_out(
+    app: Flask,
+    client: FlaskClient,
+    create_user: Callable[..., auth.UserInfo],
+    settings: Settings,
+    rows: Rows,
 ) -> None:
     create_user(email="victim@example.test")
-    for i in range(5):  # different accounts, one address
+    create_user(email="admin@example.test", role=Role.ADMIN)
+    limit = settings.login_max_failures_per_address
+    for i in range(limit):  # a sprayer: one guess at each of many accounts, one address
         assert login(client, email=f"guess{i}@example.test", address="10.0.0.7").status_code == 401
-    assert throttle(app, "address:10.0.0.7").failures == 5
+    assert throttle(app, "address:10.0.0.7").failures == limit
+    assert throttle(app, "address:10.0.0.7").locked_until is not None
 
-    response = login(client, email="victim@example.test", address="10.0.0.7")
+    # accounts without failures still log in from that address (a NAT's other users)
+    assert login(client, email="victim@example.test", address="10.0.0.7").status_code == 200
+    assert login(client, email="admin@example.test", address="10.0.0.7").status_code == 200
+    # the sprayer cannot retry the accounts it already tried from there
+    response = login(client, email="guess0@example.test", address="10.0.0.7")
     assert response.status_code == 429
     assert error_code(response) == "too_many_attempts"
     assert int(response.headers["Retry-After"]) > 0
-    assert rows(RefreshToken) == 0
-    # the account itself is not locked: another address gets in
-    assert login(client, email="victim@example.test", address="10.0.0.8").status_code == 200
+    # ... while from another address that account is merely a wrong password
+    assert login(client, email="guess0@example.test", address="10.0.0.8").status_code == 401
+    assert rows(RefreshToken) == 2
+
+
+def test_unlock_lifts_an_account_and_an_address(
+    app: Flask, client: FlaskClient, user: auth.UserInfo, settings: Settings
+) -> None:
+    for _ in range(settings.login_max_failures):
+        assert login(client, password=WRONG, address="10.9.0.1").status_code == 401
+    assert login(client, address="10.9.0.2").status_code == 429
+    with app.app_context():
+        assert auth.unlock(email=" Alice@Example.test", address="10.9.0.1") == 2
+        assert auth.unlock(email="alice@example.test") == 0
+        db.session.remove()
+    assert throttle(app, "address:10.9.0.1") is None
+    assert login(client, address="10.9.0.2").status_code == 200
+
+
+def test_the_unlock_command(
+    app: Flask, client: FlaskClient, user: auth.UserInfo, settings: Settings
+) -> None:
+    from click.testing import CliRunner
+
+    from coupons.cli import main
+
+    for _ in range(settings.login_max_failures):
+        login(client, password=WRONG, address="10.9.1.1")
+    env = {"DATABASE_URL": settings.database_url, "COUPONS_ENV": "test", "SECRET_KEY": TEST_SECRET}
+    done = CliRunner().invoke(main, ["unlock", "--email", "alice@example.test"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "unlocked account alice@example.test (1 throttle row(s) cleared)" in done.output
+    assert login(client, address="10.9.1.2").status_code == 200
+    refused = CliRunner().invoke(main, ["unlock"], env=env)
+    assert refused.exit_code == 2
+
+
+def test_the_client_address_is_the_peer_unless_proxies_are_trusted(
+    database_url: str, create_user: Callable[..., auth.UserInfo]
+) -> None:
+    from coupons import create_app
+    from tests.conftest import make_settings
+
+    create_user()
+    for hops, expected in ((0, "address:192.0.2.1"), (1, "address:203.0.113.50")):
+        app = create_app(make_settings(database_url, trusted_proxies=hops))
+        client = app.test_client()
+        response = client.post(
+            LOGIN,
+            json={"email": "alice@example.test", "password": WRONG},
+            environ_base={"REMOTE_ADDR": "192.0.2.1"},
+            headers={"X-Forwarded-For": "198.51.100.9, 203.0.113.50"},
+        )
+        assert response.status_code == 401
+        assert throttle(app, expected).failures == 1
+        with app.app_context():
+            db.session.execute(LoginThrottle.__table__.delete())
+            db.session.commit()
+            db.engine.dispose()
 
 
 def test_successful_login_resets_the_account_counter_only(
@@ -409,7 +476,36 @@ def test_concurrent_failures_are_all_counted(app: Flask) -> None:
     assert set(statuses) <= {401, 429}, statuses
     assert len(statuses) == n
     assert throttle(app, "account:race@example.test").failures == statuses.count(401)
-    assert statuses.count(401) >= 5
+    assert statuses.count(401) == 5  # exactly the limit: each check reserved its attempt
+
+
+def test_concurrent_wrong_passwords_get_exactly_the_limit_of_checks(
+    app: Flask, user: auth.UserInfo, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[int] = []
+    real = auth._verify
+
+    def counting(password_hash: str, password: str) -> bool:
+        checks.append(1)
+        return real(password_hash, password)
+
+    monkeypatch.setattr(auth, "_verify", counting)
+    n = 8
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+
+    def attempt(i: int) -> None:
+        local = app.test_client()
+        barrier.wait()
+        statuses.append(login(local, password=WRONG, address=f"10.4.0.{i}").status_code)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(checks) == settings.login_max_failures, statuses
+    assert sorted(statuses) == [401] * 5 + [429] * 3
 
 
 # ------------------------------------------------------------------------ refresh

@@ -317,3 +317,18 @@ def test_every_credential_form_is_masked(url: str, shown: str) -> None:
     from coupons.config import mask_url
 
     assert mask_url(url) == shown
+
+
+def test_bulk_commands_raise_the_read_bound_and_keep_the_connect_bound() -> None:
+    from coupons.cli.common import LONG_WORK_TIMEOUT, long_work_settings
+
+    settings = make_settings("mysql+mysqldb://root@127.0.0.1/x")
+    long = long_work_settings(settings)
+    args = long.engine_options()["connect_args"]
+    assert args["read_timeout"] == args["write_timeout"] == LONG_WORK_TIMEOUT
+    assert args["connect_timeout"] == settings.pool.connect_timeout == 10
+    assert args["charset"] == "utf8mb4"  # the app's own connect_args survive the merge
+    off = make_settings(
+        "mysql+mysqldb://root@127.0.0.1/x", pool=settings.pool.with_values(read_timeout=0)
+    )
+    assert "read_timeout" not in long_work_settings(off).engine_options()["connect_args"]

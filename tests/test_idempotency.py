@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from coupons.config import Settings
 from coupons.db import db
@@ -231,22 +232,50 @@ def test_purge_expired_deletes_only_expired_rows(
     assert rows(IdempotencyKey) == 1
 
 
-def test_a_key_in_flight_is_409(
-    client: FlaskClient, service: Headers, code: str, app: Flask, rows: Callable[[Any], int]
+def _legacy_claim(app: Flask, service: Headers, key: str, created_at: dt.datetime) -> None:
+    """A claim committed "in progress" by the earlier protocol (a worker of the previous
+    release during a rolling deploy): response_status NULL."""
+    token = service["Authorization"].removeprefix("Bearer ")
+    principal = decode_access_token(token, app.config["SECRET_KEY"])
+    with app.app_context():
+        db.session.execute(
+            insert(IdempotencyKey).values(
+                user_id=principal.user_id,
+                key=key,
+                endpoint=f"POST {API}/redemptions",
+                request_hash=idempotency.request_fingerprint(body()),
+                response_status=None,
+                response_body=None,
+                created_at=created_at,
+                expires_at=created_at + dt.timedelta(hours=1),
+            )
+        )
+        db.session.commit()
+        db.session.remove()
+
+
+def test_a_claim_writes_nothing_until_its_effect_commits(
+    app: Flask, service: Headers, code: str, rows: Callable[[Any], int]
 ) -> None:
-    # another request with this key has claimed it and not finished (response_status NULL)
     token = service["Authorization"].removeprefix("Bearer ")
     principal = decode_access_token(token, app.config["SECRET_KEY"])
     with app.app_context():
         claimed = idempotency.claim(
             user_id=principal.user_id,
-            key="busy",
+            key="nothing-yet",
             endpoint=f"POST {API}/redemptions",
             request_hash=idempotency.request_fingerprint(body()),
             ttl=3600,
         )
         db.session.remove()
     assert isinstance(claimed, idempotency.Claim)
+    assert rows(IdempotencyKey) == 0
+
+
+def test_a_legacy_key_in_flight_is_409(
+    client: FlaskClient, service: Headers, code: str, app: Flask, rows: Callable[[Any], int]
+) -> None:
+    _legacy_claim(app, service, "busy", utcnow())
     response = client.post(f"{API}/redemptions", json=body(), headers=keyed(service, "busy"))
     assert response.status_code == 409
     assert response.get_json()["error"]["code"] == "idempotency_key_in_progress"
@@ -254,24 +283,11 @@ def test_a_key_in_flight_is_409(
     assert use_count(app) == 0
 
 
-def test_an_abandoned_claim_is_taken_over_after_the_lease(
+def test_an_abandoned_legacy_claim_is_taken_over_after_the_lease(
     client: FlaskClient, service: Headers, code: str, app: Flask, rows: Callable[[Any], int]
 ) -> None:
-    # a worker claimed the key and died before its effect committed (no stored response)
-    token = service["Authorization"].removeprefix("Bearer ")
-    principal = decode_access_token(token, app.config["SECRET_KEY"])
     claimed_at = utcnow() - idempotency.IN_PROGRESS_LEASE - dt.timedelta(seconds=1)
-    with app.app_context():
-        claimed = idempotency.claim(
-            user_id=principal.user_id,
-            key="orphan",
-            endpoint=f"POST {API}/redemptions",
-            request_hash=idempotency.request_fingerprint(body()),
-            ttl=3600,
-            now=claimed_at,
-        )
-        db.session.remove()
-    assert isinstance(claimed, idempotency.Claim)
+    _legacy_claim(app, service, "orphan", claimed_at)
     response = client.post(f"{API}/redemptions", json=body(), headers=keyed(service, "orphan"))
     assert response.status_code == 201
     assert rows(Redemption) == 1
@@ -279,6 +295,50 @@ def test_an_abandoned_claim_is_taken_over_after_the_lease(
     replay = client.post(f"{API}/redemptions", json=body(), headers=keyed(service, "orphan"))
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert rows(Redemption) == 1
+
+
+def test_a_duplicate_waits_for_the_first_request_and_replays_it(
+    app: Flask, service: Headers, code: str, rows: Callable[[Any], int]
+) -> None:
+    """The first request holds its transaction open (key row inserted, not committed); the
+    duplicate blocks on the key, and once the first commits it replays the same response."""
+    inside = threading.Event()
+    release = threading.Event()
+    real = coupon_service.redeem_in_transaction
+
+    def slow(**kwargs: Any) -> Any:
+        result = real(**kwargs)
+        if kwargs["order_id"] == "o1" and not inside.is_set():
+            inside.set()
+            assert release.wait(timeout=30)
+        return result
+
+    coupon_service.redeem_in_transaction = slow  # type: ignore[assignment]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(
+                lambda: app.test_client().post(
+                    f"{API}/redemptions", json=body(), headers=keyed(service, "wait")
+                )
+            )
+            assert inside.wait(timeout=30)
+            second = pool.submit(
+                lambda: app.test_client().post(
+                    f"{API}/redemptions", json=body(), headers=keyed(service, "wait")
+                )
+            )
+            time.sleep(0.3)
+            assert not second.done(), "the duplicate must wait for the first request"
+            release.set()
+            one, two = first.result(timeout=30), second.result(timeout=30)
+    finally:
+        coupon_service.redeem_in_transaction = real  # type: ignore[assignment]
+    assert (one.status_code, two.status_code) == (201, 201)
+    assert "Idempotent-Replayed" not in one.headers
+    assert two.headers["Idempotent-Replayed"] == "true"
+    assert two.get_json() == one.get_json()
+    assert rows(Redemption) == 1
+    assert rows(IdempotencyKey) == 1
 
 
 @pytest.mark.parametrize(("key", "error"), [("k" * 256, "idempotency_key_too_long"), ("  ", None)])
@@ -360,13 +420,17 @@ def test_concurrent_requests_with_one_key_redeem_once(
         replies = list(pool.map(send, range(threads)))
 
     statuses = Counter(status for status, _, _ in replies)
-    assert set(statuses) <= {201, 409}, replies
+    # Duplicates wait for the first, then replay it. A waiting duplicate holds a connection,
+    # so with 16 threads on a pool of 6 a late one may be shed (503, no effect): never 409.
+    assert set(statuses) <= {201, 503}, replies
+    assert statuses[201] >= 1
     created = [data for status, data, replayed in replies if status == 201 and not replayed]
     assert len(created) == 1
+    assert sum(replayed for _, _, replayed in replies) == statuses[201] - 1
     for status, data, _ in replies:
         if status == 201:
             assert data == created[0]
         else:
-            assert data["error"]["code"] == "idempotency_key_in_progress"
+            assert data["error"]["code"] == "service_unavailable"
     assert rows(Redemption) == 1
     assert use_count(app) == 1

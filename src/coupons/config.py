@@ -23,8 +23,12 @@ Environment variables (all optional in development):
 ``SQLALCHEMY_ECHO_POOL``    false (log pool checkouts and checkins; debugging only)
 ``ACCESS_TOKEN_TTL``        900 seconds
 ``REFRESH_TOKEN_TTL``       1209600 seconds (14 days)
-``LOGIN_MAX_FAILURES``      5 failed logins per account or address ...
-``LOGIN_FAILURE_WINDOW``    ... within 900 seconds lock that account or address out
+``LOGIN_MAX_FAILURES``      5 failed logins of one account (any address) ...
+``LOGIN_FAILURE_WINDOW``    ... within 900 seconds lock that account out for the window
+``LOGIN_MAX_FAILURES_PER_ADDRESS``  20 failed logins from one address within the window slow
+                            that address: it may then only try accounts with no failures
+``COUPONS_TRUSTED_PROXIES`` 0: how many proxies in front set X-Forwarded-For (Werkzeug's
+                            ProxyFix); the client address is taken that many hops back
 ``IDEMPOTENCY_TTL``         86400 seconds (Stripe's 24 h)
 ``BROKER_URL``              kombu URL of the order-event broker; default an embedded one
 """
@@ -179,6 +183,8 @@ class Settings:
     refresh_token_ttl: int = 14 * 24 * 3600
     login_max_failures: int = 5
     login_failure_window: int = 900
+    login_max_failures_per_address: int = 20
+    trusted_proxies: int = 0
     idempotency_ttl: int = 24 * 3600
     broker_url: str = "memory://"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -213,6 +219,12 @@ class Settings:
             raise ConfigError("REFRESH_TOKEN_TTL must be longer than ACCESS_TOKEN_TTL (both > 0)")
         if self.login_max_failures < 1 or self.login_failure_window < 1:
             raise ConfigError("LOGIN_MAX_FAILURES and LOGIN_FAILURE_WINDOW must be at least 1")
+        if self.login_max_failures_per_address < 1:
+            raise ConfigError("LOGIN_MAX_FAILURES_PER_ADDRESS must be at least 1")
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ConfigError(
+                f"COUPONS_TRUSTED_PROXIES must be from 0 to 10, got {self.trusted_proxies}"
+            )
         if self.broker_url != "memory://":
             problem = _broker_problem(self.broker_url)
             if problem is not None:
@@ -248,7 +260,10 @@ class Settings:
 
     def engine_options(self) -> dict[str, Any]:
         """Every ``create_engine`` keyword argument: the pool's and the driver's."""
-        return {**self.pool.engine_options(self.database_url), **self.connect_options()}
+        pool = self.pool.engine_options(self.database_url)
+        own = self.connect_options()
+        connect_args = {**pool.get("connect_args", {}), **own.get("connect_args", {})}
+        return {**pool, **own, "connect_args": connect_args}
 
     @classmethod
     def from_env(
@@ -274,6 +289,10 @@ class Settings:
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 14 * 24 * 3600, minimum=1),
             login_max_failures=_int(env, "LOGIN_MAX_FAILURES", 5, minimum=1),
             login_failure_window=_int(env, "LOGIN_FAILURE_WINDOW", 900, minimum=1),
+            login_max_failures_per_address=_int(
+                env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1
+            ),
+            trusted_proxies=_int(env, "COUPONS_TRUSTED_PROXIES", 0),
             idempotency_ttl=_int(env, "IDEMPOTENCY_TTL", 24 * 3600, minimum=1),
             broker_url=env.get("BROKER_URL") or "memory://",
         )

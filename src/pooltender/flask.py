@@ -243,6 +243,8 @@ class Pooltender:
                     for k in clashes
                 ]
             )
+        # Driver timeouts (pooltender.settings) under the app's own connect_args, which win.
+        ours["connect_args"] = {**ours.get("connect_args", {}), **options.get("connect_args", {})}
         options.update(ours)
         if uri is not None and not is_sqlite_memory(uri):
             options.setdefault("poolclass", SheddingQueuePool)

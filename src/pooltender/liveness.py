@@ -28,6 +28,11 @@ one statement fails. Only ``pool_pre_ping`` on every checkout (``after_idle = 0`
 test_liveness.py`` demonstrates both behaviours on MariaDB and PostgreSQL.
 
 A connection that was just opened is not pinged (its record has no check-in stamp yet).
+
+**A hung server** (frozen, black-holed): the ping blocks until the driver's read timeout
+(``POOLTENDER_READ_TIMEOUT``). A ping that failed after :data:`HUNG_PING_SECONDS` or more
+fails the checkout with the driver's error instead of reconnecting, so a request waits one
+bound, not the read timeout plus the connect timeout (tests/test_faults_freeze.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ __all__ = ["IdlePing", "IdlePingStats", "idle_ping_of", "install_idle_ping"]
 
 #: ``record.info`` key holding ``time.monotonic()`` of the connection's last check-in.
 LAST_CHECKIN_KEY: Final = "pooltender.last_checkin"
+#: A failed ping that took this long timed out on a hung server rather than hitting a dead
+#: socket (which fails at once): the checkout fails instead of reconnecting.
+HUNG_PING_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,12 +113,23 @@ class IdlePing:
         last = record.info.get(LAST_CHECKIN_KEY)
         if last is None or time.monotonic() - last <= self.after_idle:
             return  # just opened, or used within the window: skip the round trip
+        started = time.monotonic()
         try:
             alive = self._dialect.do_ping(dbapi_connection)
         except Exception as err:
-            # any failure of the ping of an idle connection means it is unusable; the pool
-            # replaces it (a server that is really down then fails the *connect*, loudly)
             self._count(failed=True)
+            dbapi_error = self._dialect.loaded_dbapi.Error
+            if time.monotonic() - started >= HUNG_PING_SECONDS and isinstance(err, dbapi_error):
+                # The ping waited out the driver's read timeout: the server is hung (frozen,
+                # black-holed), not just this connection dead. A reconnect would wait the
+                # connect timeout on top, doubling the bound; fail this checkout now (the
+                # pool discards the connection) with the driver's error, which
+                # pooltender.failures classifies as unavailable.
+                raise exc.DBAPIError.instance(
+                    None, None, err, dbapi_error, connection_invalidated=True, dialect=self._dialect
+                ) from err
+            # any other failure of the ping of an idle connection means it is unusable; the
+            # pool replaces it (a server that is really down then fails the *connect*, loudly)
             raise exc.DisconnectionError(
                 f"idle connection failed its liveness ping after "
                 f"{time.monotonic() - last:.1f} s idle: {type(err).__name__}: {err}"

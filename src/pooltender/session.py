@@ -32,13 +32,21 @@ from sqlalchemy import Executable, Table, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
-from pooltender.failures import MYSQL_CONFLICT, POSTGRES_CONFLICT, is_retryable_conflict
+from pooltender.failures import (
+    MYSQL_CONFLICT,
+    POSTGRES_CONFLICT,
+    Failure,
+    classify,
+    describe,
+    is_retryable_conflict,
+)
 from pooltender.watch import unit_scope
 
 __all__ = [
     "bulk_insert_chunks",
     "bulk_update_chunks",
     "is_retryable_conflict",
+    "is_retryable_disconnect",
     "retry_transaction",
     "transaction_scope",
     "unit_of_work",
@@ -153,6 +161,22 @@ def bulk_update_chunks(
     return _execute_in_chunks(session, update(model), rows, chunk_size)
 
 
+def is_retryable_disconnect(error: BaseException) -> bool:
+    """True when a *statement* failed because the connection died, so the transaction never
+    reached COMMIT and the server rolled it back: safe to run again on a fresh connection.
+
+    SQLAlchemy wraps a failed COMMIT (and a failed connect) with no statement, so
+    ``error.statement is None`` excludes both: a COMMIT-time disconnect has an unknown
+    outcome, and a server that refuses connections is down, not flaky.
+    """
+    return (
+        isinstance(error, DBAPIError)
+        and error.connection_invalidated
+        and error.statement is not None
+        and classify(error) is Failure.UNAVAILABLE
+    )
+
+
 def retry_transaction(
     session: AnySession,
     fn: Callable[[Session], T],
@@ -166,14 +190,28 @@ def retry_transaction(
     Each retry starts a new transaction after ``backoff * 2**n`` seconds (jittered 50-100 %,
     capped at ``max_backoff``). ``fn`` is re-run from the start, so it must have no effects
     outside the database. Errors that are not conflicts, and the last conflict, propagate.
+
+    A connection that dies under one of ``fn``'s statements (:func:`is_retryable_disconnect`)
+    is retried once, at once, on a fresh connection; this retry does not count against
+    ``attempts``. A failure of the COMMIT itself is never retried: whether it committed is
+    unknown, and only an idempotency key can answer that.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts!r}")
-    for attempt in range(1, attempts + 1):
+    reconnected = False
+    attempt = 1
+    while True:
         try:
             with transaction_scope(session) as current:
                 return fn(current)
         except DBAPIError as err:
+            if not reconnected and is_retryable_disconnect(err):
+                # The connection died under a statement, before COMMIT: the server rolled the
+                # transaction back and SQLAlchemy discarded the connection; run it once more
+                # on a fresh one (a second disconnect means the server is down: it propagates).
+                reconnected = True
+                logger.info("connection lost before COMMIT (%s); retrying once", describe(err))
+                continue
             if attempt == attempts or not is_retryable_conflict(err):
                 raise
             delay = min(max_backoff, backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -185,4 +223,4 @@ def retry_transaction(
                 delay,
             )
             time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1

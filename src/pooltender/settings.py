@@ -112,9 +112,15 @@ class PoolSettings:
     first, so idle ones age out at the server (wait_timeout) or get recycled, and the hot
     connection was used moments ago, which is what lets ``ping_after_idle`` skip pings.
 
-    ``proxy`` names a connection proxy in front of the server (``none``,
-    ``pgbouncer-transaction``, ``pgbouncer-session``, ``proxysql``); ``pgbouncer-transaction``
-    turns off what transaction pooling cannot carry (see :mod:`pooltender.proxy`).
+    ``connect_timeout``, ``read_timeout`` and ``write_timeout`` (whole seconds, 0 = the
+    driver's default, i.e. none) bound how long a hung server (frozen, a black-holed network)
+    can hold a caller: without them a statement on a SIGSTOPped MariaDB waited the whole
+    freeze. They are passed to mysqlclient and PyMySQL as ``connect_timeout`` /
+    ``read_timeout`` / ``write_timeout``; to psycopg and psycopg2 as libpq's
+    ``connect_timeout`` (libpq has no read or write timeout: see docs/reliability.md). A
+    read timeout cuts one statement that waits longer for its first result bytes, so work
+    that is legitimately long (a migration, a bulk load, a report) runs on an engine built
+    from ``settings.with_values(read_timeout=0)`` or a larger bound: the per-caller override.
 
     ``source_prefix`` is the prefix keys were read under; messages name keys with it.
     """
@@ -130,6 +136,9 @@ class PoolSettings:
     echo_pool: bool = False
     leak_threshold: float = 60.0
     shed_wait: float = 0.5
+    connect_timeout: int = 10
+    read_timeout: int = 10
+    write_timeout: int = 10
     proxy: ProxyKind = "none"
     source_prefix: str = field(default=DEFAULT_PREFIX, compare=False, repr=False)
 
@@ -209,6 +218,12 @@ class PoolSettings:
                 f"would time out before the request is shed; lower it to at most "
                 f"{self.pool_timeout!r} (0.5 is the default) or raise {self.key('pool_timeout')}",
             )
+        for name in ("connect_timeout", "read_timeout", "write_timeout"):
+            if getattr(self, name) < 0:
+                bad(
+                    name,
+                    "must be 0 (the driver's default: no timeout) or a positive number of seconds",
+                )
         if (
             self.ping_after_idle > 0
             and self.pool_recycle > 0
@@ -282,8 +297,36 @@ class PoolSettings:
                 pool_timeout=self.pool_timeout,
                 pool_use_lifo=self.pool_use_lifo,
             )
-        options.update(proxy_engine_options(self.proxy, url))
+        connect_args = self.driver_timeouts(url)
+        proxied = proxy_engine_options(self.proxy, url)
+        connect_args.update(proxied.pop("connect_args", {}))
+        options.update(proxied)
+        if connect_args:
+            options["connect_args"] = connect_args
         return options
+
+    def driver_timeouts(self, url: str | URL | None) -> dict[str, Any]:
+        """The driver's ``connect_args`` for the timeouts, for ``url``'s driver ({} if none).
+
+        mysqlclient and PyMySQL take all three; psycopg / psycopg2 (libpq) only
+        ``connect_timeout``; other drivers (SQLite's timeout is a lock wait) nothing.
+        """
+        if url is None:
+            return {}
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        timeouts = {
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "write_timeout": self.write_timeout,
+        }
+        if backend in ("mysql", "mariadb") and driver in ("mysqldb", "pymysql"):
+            return {k: v for k, v in timeouts.items() if v > 0}
+        if backend == "postgresql" and driver in ("psycopg", "psycopg2") and self.connect_timeout:
+            return {"connect_timeout": self.connect_timeout}
+        return {}
 
     def as_mapping(self) -> dict[str, Any]:
         """These settings as prefixed keys, e.g. for a Flask config or a report."""

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coupons.config import settings_of
 from coupons.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
 from coupons.models import Role
 from coupons.services.auth import Principal, decode_access_token
+from pooltender.failures import describe
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +64,139 @@ def _validation_message(messages: Any) -> tuple[str, Any]:
     return "the request body is not valid", fields
 
 
+#: Largest request body accepted (413 above): the biggest legitimate body is a campaign,
+#: well under 2 KiB; 64 KiB bounds the work a hostile body can cause before it is parsed.
+MAX_BODY_BYTES = 64 * 1024
+#: Deepest JSON nesting accepted (400 above). Python's json module recurses per level, so
+#: ``[`` x 100,000 raised RecursionError (a 500) in every route; no body here nests past 3.
+MAX_JSON_DEPTH = 32
+#: Characters refused in every string of a body or query: C0 controls (NUL, CR, LF, tab...),
+#: DEL, and lone UTF-16 surrogates (``"\ud800"`` parses to a str no driver can encode).
+_REFUSED_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``body`` nests arrays/objects deeper than ``limit``, without parsing it.
+
+    Cheap for ordinary bodies: unless it holds more than ``limit`` opening brackets at all,
+    it cannot nest deeper. Otherwise the strings are blanked out and the brackets counted.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub(b'""', body)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _refused_string(value: Any, path: str) -> tuple[str, str] | None:
+    """The first string under ``value`` holding a refused character: (field path, why)."""
+    if isinstance(value, str):
+        found = _REFUSED_CHARS.search(value)
+        if found is None:
+            return None
+        char = found.group()
+        why = (
+            "Must not contain a lone UTF-16 surrogate."
+            if "\ud800" <= char <= "\udfff"
+            else f"Must not contain control characters (found U+{ord(char):04X})."
+        )
+        return path or "body", why
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found_key = _refused_string(key, where)
+            if found_key is not None:
+                return found_key
+            found_item = _refused_string(item, where)
+            if found_item is not None:
+                return found_item
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found_item = _refused_string(item, f"{path}.{index}" if path else str(index))
+            if found_item is not None:
+                return found_item
+    return None
+
+
+def _guard_input() -> Response | None:
+    """Refuse hostile input before any handler parses it (see :func:`install_input_guard`)."""
+    path = request.path
+    if not path.isascii() and any(not ch.isascii() and ch.isdigit() for ch in path):
+        # Werkzeug's int converter matches any Unicode digit (Arabic-Indic one, U+0661, in
+        # /campaigns/<id> reached campaign 1).
+        return error_response(404, "not_found", "no such resource")
+    for name, value in request.args.items(multi=True):
+        refused = _refused_string(value, name)
+        if refused is not None:
+            return error_response(422, "validation_error", f"{refused[0]}: {refused[1]}")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return error_response(
+            413, "payload_too_large", f"the request body exceeds {MAX_BODY_BYTES} bytes"
+        )
+    if not request.is_json:
+        return None
+    body = request.get_data(cache=True)  # bounded by MAX_CONTENT_LENGTH
+    if not body:
+        return None
+    if json_depth_exceeds(body):
+        return error_response(
+            400, "bad_request", f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+        )
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None  # webargs answers malformed JSON with its own 400
+    refused = _refused_string(parsed, "")
+    if refused is not None:
+        return error_response(
+            422,
+            "validation_error",
+            f"{refused[0]}: {refused[1]}",
+            fields={refused[0]: [refused[1]]},
+        )
+    return None
+
+
+def install_input_guard(app: Flask) -> None:
+    """One input layer in front of every route, before its schema runs.
+
+    * bodies above :data:`MAX_BODY_BYTES` are 413 (``MAX_CONTENT_LENGTH``, also enforced by
+      Werkzeug while reading a body sent without a length);
+    * JSON nested deeper than :data:`MAX_JSON_DEPTH` is 400, checked before parsing;
+    * a string anywhere in the JSON body or the query with a control character or a lone
+      surrogate is 422 ``validation_error`` naming the field;
+    * a path holding non-ASCII digits is 404.
+
+    The field rules (strict integers and booleans, money pattern, ranges, datetime bounds)
+    are the schemas' (:mod:`coupons.api.schemas`).
+    """
+    if app.config.get("MAX_CONTENT_LENGTH") is None:
+        app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(_guard_input)
+
+
+def install_trusted_proxies(app: Flask) -> None:
+    """Behind ``COUPONS_TRUSTED_PROXIES`` proxies, take the client address from
+    X-Forwarded-For that many hops back (Werkzeug's ProxyFix); with 0 (the default) the
+    header is ignored, since any client can send it."""
+    hops = settings_of(app).trusted_proxies
+    if hops and not isinstance(app.wsgi_app, ProxyFix):
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: Flask) -> None:
-    """Map service errors and HTTP errors to the JSON error shape."""
+    """Map service errors and HTTP errors to the JSON error shape; guard the input; read the
+    client address through the trusted proxies."""
+    install_input_guard(app)
+    install_trusted_proxies(app)
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
@@ -68,6 +204,20 @@ def install_error_handlers(app: Flask) -> None:
         if isinstance(exc, TooManyRequests):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
+
+    @app.errorhandler(DataError)
+    def _data_error(exc: DataError) -> Response:
+        # Safety net behind the schemas: a value the column cannot hold (MariaDB 1264,
+        # PostgreSQL 22003) is the request's fault, and its transaction rolled back.
+        log.warning(
+            "%s %s answered 422: the database refused a value: %s",
+            request.method,
+            request.path,
+            describe(exc),
+        )
+        return error_response(
+            422, "validation_error", "a value is out of the range the service can store"
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -151,5 +301,6 @@ def require_role(*roles: Role) -> Callable[[F], F]:
 
 
 def client_address() -> str:
-    """The caller's address as the WSGI server saw it (put a proxy fix in front if needed)."""
+    """The caller's address: the peer, or the X-Forwarded-For entry ``COUPONS_TRUSTED_PROXIES``
+    hops back when proxies are trusted (:func:`install_trusted_proxies`)."""
     return request.remote_addr or "unknown"

@@ -91,7 +91,7 @@ def _idempotent(
     response = idempotency.execute(claimed, run, _render_error)
     if random.random() < PURGE_PROBABILITY:
         idempotency.purge_expired()
-    return _json_response(response.status, response.body)
+    return _json_response(response.status, response.body, replayed=response.replayed)
 
 
 @blp.route("/redemptions", methods=["POST"])

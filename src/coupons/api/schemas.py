@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
@@ -17,8 +18,60 @@ from marshmallow import Schema, ValidationError, fields, post_dump, validate, va
 from coupons.models import DiscountType
 
 MAX_MONEY = decimal.Decimal("9999999999.99")
+#: The integer columns are 32-bit (INTEGER / INT): a larger value is refused here (422)
+#: instead of reaching the database (MariaDB 1264, a 500).
 MAX_INT = 2_147_483_647
 CODE_REGEX = r"^\s*[A-Za-z0-9-]{3,64}\s*$"
+#: The documented money pattern, ASCII digits only: Arabic-Indic or fullwidth digits,
+#: "8_0.00", "1e2" and " 12.50" are refused (Python's Decimal accepts each of them).
+MONEY_PATTERN = re.compile(r"[0-9]+(\.[0-9]{1,2})?", re.ASCII)
+#: Datetimes accepted on input, in UTC. The bounds keep every offset conversion inside
+#: Python's range (``0001-01-01T00:00:00+14:00`` overflowed in the UTC column type) and
+#: inside MariaDB's DATETIME (years 1000-9999).
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: ``1.5``, ``"1"``, ``true`` are refused (marshmallow's own field
+    truncates 1.5 to 1, and ``True`` is an ``int`` in Python)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false`` only (marshmallow's field takes "false", 0, "no"...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
+class BoundedDateTime(fields.AwareDateTime):
+    """An ISO 8601 time between :data:`EARLIEST` and :data:`LATEST`; no offset means UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValidationError("Not a valid datetime.")
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            in_utc = parsed.astimezone(dt.UTC)
+        except (OverflowError, ValueError):
+            raise ValidationError(self._range_message()) from None
+        if not EARLIEST <= in_utc <= LATEST:
+            raise ValidationError(self._range_message())
+        return parsed
+
+    @staticmethod
+    def _range_message() -> str:
+        return f"Must be from {EARLIEST.isoformat()} to {LATEST.isoformat()}."
 
 
 class Money(fields.Decimal):
@@ -47,17 +100,22 @@ class Money(fields.Decimal):
         )
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            try:
-                exact = decimal.Decimal(str(value).strip())
-                if not exact.is_finite():
-                    raise ValidationError("Must be a finite number.")
-                if abs(exact) > MAX_MONEY:
-                    raise ValidationError(f"Must be from {self.minimum} to {MAX_MONEY}.")
-                if exact != exact.quantize(decimal.Decimal("0.01")):
-                    raise ValidationError("At most 2 decimal places.")
-            except decimal.InvalidOperation:
-                raise ValidationError("Not a valid number.") from None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValidationError('Not a valid amount: send a string like "12.50".')
+        if isinstance(value, str) and MONEY_PATTERN.fullmatch(value) is None:
+            raise ValidationError(
+                'Not a valid amount: digits 0-9 with at most 2 decimals ("12.50").'
+            )
+        try:
+            exact = decimal.Decimal(str(value))
+        except decimal.InvalidOperation:
+            raise ValidationError("Not a valid number.") from None
+        if not exact.is_finite():
+            raise ValidationError("Must be a finite number.")
+        if abs(exact) > MAX_MONEY:
+            raise ValidationError(f"Must be from {self.minimum} to {MAX_MONEY}.")
+        if exact != exact.quantize(decimal.Decimal("0.01")):
+            raise ValidationError("At most 2 decimal places.")
         amount = super()._deserialize(value, attr, data, **kwargs)
         if not self.minimum <= amount <= MAX_MONEY:
             raise ValidationError(f"Must be from {self.minimum} to {MAX_MONEY}.")
@@ -74,7 +132,7 @@ def _currency(**kwargs: Any) -> fields.String:
 
 def _when(**kwargs: Any) -> fields.AwareDateTime:
     """An ISO 8601 time; one without an offset is taken as UTC."""
-    return fields.AwareDateTime(
+    return BoundedDateTime(
         allow_none=True,
         default_timezone=dt.UTC,
         metadata={"example": "2025-03-01T00:00:00Z"},
@@ -126,15 +184,15 @@ class CampaignSchema(Schema):
     currency = _currency(required=True)
     starts_at = _when(load_default=None)
     ends_at = _when(load_default=None)
-    max_redemptions = fields.Integer(
+    max_redemptions = StrictInteger(
         allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
     )
     redemption_count = fields.Integer(dump_only=True)
-    per_customer_limit = fields.Integer(
+    per_customer_limit = StrictInteger(
         allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
     )
     min_order_total = Money(minimum="0", allow_none=True, load_default=None)
-    is_active = fields.Boolean(load_default=True)
+    is_active = StrictBoolean(load_default=True)
     created_at = fields.AwareDateTime(dump_only=True)
     updated_at = fields.AwareDateTime(dump_only=True)
 
@@ -160,12 +218,10 @@ class CampaignPatchSchema(Schema):
     currency = _currency()
     starts_at = _when()
     ends_at = _when()
-    max_redemptions = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
-    per_customer_limit = fields.Integer(
-        allow_none=True, validate=validate.Range(min=1, max=MAX_INT)
-    )
+    max_redemptions = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
+    per_customer_limit = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
     min_order_total = Money(minimum="0", allow_none=True)
-    is_active = fields.Boolean()
+    is_active = StrictBoolean()
 
 
 # --------------------------------------------------------------------------- coupons
@@ -193,7 +249,7 @@ class CodeCreateSchema(Schema):
         ),
         metadata={"example": "SPRING-2025"},
     )
-    max_uses = fields.Integer(
+    max_uses = StrictInteger(
         allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
     )
 

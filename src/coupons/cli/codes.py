@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from coupons.cli.common import load_settings
+from coupons.cli.common import load_settings, long_work_settings
 from coupons.errors import ServiceError
 from coupons.services.codegen import DEFAULT_PATTERN, CodePattern, generate_codes, open_codes_export
 
@@ -57,7 +57,7 @@ def generate_codes_command(
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
 
-    app = create_app(load_settings())
+    app = create_app(long_work_settings(load_settings()))
     console = Console(stderr=True)
     with app.app_context():
         try:

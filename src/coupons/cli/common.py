@@ -9,6 +9,7 @@ and exit status 1 -- never a traceback. The classification is pooltender's
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -25,6 +26,24 @@ def load_settings() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+#: Read/write bound of one-shot bulk commands (generate-codes): one statement, or the COMMIT
+#: of a million-row transaction, may legitimately take longer than the web's 10 s, and an
+#: operator is watching. The connect timeout stays as configured.
+LONG_WORK_TIMEOUT = 600
+
+
+def long_work_settings(settings: Settings) -> Settings:
+    """``settings`` with the driver read/write timeouts raised for long, legitimate work (the
+    per-caller override of ``POOLTENDER_READ_TIMEOUT``), unless they are off (0)."""
+    pool = settings.pool
+    changes = {
+        name: max(getattr(pool, name), LONG_WORK_TIMEOUT)
+        for name in ("read_timeout", "write_timeout")
+        if getattr(pool, name) > 0
+    }
+    return replace(settings, pool=pool.with_values(**changes)) if changes else settings
 
 
 def database_failure_message(error: BaseException) -> str:

@@ -51,6 +51,30 @@ def create_user_command(email: str, role: str, password: str | None) -> None:
     click.echo(f"created user id={user.id} email={user.email} role={user.role}")
 
 
+@click.command("unlock")
+@click.option("--email", default=None, help="Lift the lockout of this account.")
+@click.option("--address", default=None, help="Lift the throttle of this client address.")
+def unlock_command(email: str | None, address: str | None) -> None:
+    """Lift a login lockout: clear the failures of an account (--email) and/or a client
+    address (--address) in the database of DATABASE_URL."""
+    from coupons.services.auth import unlock
+
+    if not email and not address:
+        raise click.UsageError("give --email, --address or both")
+    app = create_app(load_settings())
+    try:
+        with app.app_context():
+            removed = unlock(email=email, address=address)
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+    what = " and ".join(
+        f"{kind} {value}" for kind, value in (("account", email), ("address", address)) if value
+    )
+    click.echo(f"unlocked {what} ({removed} throttle row(s) cleared)")
+
+
 def register(main: click.Group) -> None:
-    """Add ``create-user`` to the ``coupons`` command group."""
+    """Add ``create-user`` and ``unlock`` to the ``coupons`` command group."""
     main.add_command(create_user_command)
+    main.add_command(unlock_command)

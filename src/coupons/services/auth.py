@@ -32,8 +32,9 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final, TypeVar
 
 import jwt
 from argon2 import PasswordHasher, Type
@@ -47,6 +48,8 @@ from coupons.errors import Conflict, TooManyRequests, Unauthorized, Unprocessabl
 from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ISSUER = "coupons"
 
@@ -119,6 +122,9 @@ class TokenPair:
 # --------------------------------------------------------------------------- access tokens
 
 
+_ROLE_VALUES: Final = frozenset(role.value for role in Role)
+
+
 def issue_access_token(principal: Principal, secret: str, ttl: int) -> str:
     now = dt.datetime.now(dt.UTC)
     claims = {
@@ -147,9 +153,19 @@ def decode_access_token(token: str, secret: str) -> Principal:
         raise Unauthorized("the access token has expired", code="token_expired") from None
     except jwt.InvalidTokenError:
         raise Unauthorized("the access token is not valid", code="invalid_token") from None
-    if claims.get("typ") != "access":
+    sub, email, role = claims.get("sub"), claims.get("email"), claims.get("role")
+    # A token signed with our key can still carry claims we never issue (a leaked key, an
+    # old format, a hand-made test token): each claim is checked, a bad one is a 401.
+    if (
+        claims.get("typ") != "access"
+        or not isinstance(sub, str)
+        or not (sub.isascii() and sub.isdigit() and 0 < len(sub) <= 19)
+        or not isinstance(email, str)
+        or not email
+        or role not in _ROLE_VALUES
+    ):
         raise Unauthorized("the access token is not valid", code="invalid_token")
-    return Principal(user_id=int(claims["sub"]), email=claims["email"], role=claims["role"])
+    return Principal(user_id=int(sub), email=email, role=role)
 
 
 # --------------------------------------------------------------------------- validation
@@ -293,67 +309,140 @@ def address_scope(address: str) -> str:
     return f"address:{address}"[:_MAX_SCOPE_KEY]
 
 
-def _locked_for(scopes: Iterable[str], now: dt.datetime) -> int:
-    """Seconds until every one of ``scopes`` is unlocked (0: none locked). Reads only."""
-    locks = db.session.execute(
-        select(LoginThrottle.locked_until).where(
-            LoginThrottle.scope_key.in_(list(scopes)),
-            LoginThrottle.locked_until > now,
-        )
-    ).scalars()
-    remaining = [(until - now).total_seconds() for until in locks if until is not None]
-    return max((math.ceil(s) for s in remaining), default=0)
+@dataclass(frozen=True)
+class _Throttle:
+    failures: int
+    window_started_at: dt.datetime
+    locked_until: dt.datetime | None
 
 
-def _record_failure(scopes: Iterable[str], settings: Settings) -> None:
-    """Count one failed login against each scope; lock a scope that reaches the limit.
+def _throttles(scopes: Iterable[str]) -> dict[str, _Throttle]:
+    """The throttle rows of ``scopes``, by key. Reads only."""
+    rows = db.session.execute(
+        select(
+            LoginThrottle.scope_key,
+            LoginThrottle.failures,
+            LoginThrottle.window_started_at,
+            LoginThrottle.locked_until,
+        ).where(LoginThrottle.scope_key.in_(list(scopes)))
+    ).all()
+    return {row.scope_key: _Throttle(row[1], row[2], row[3]) for row in rows}
 
-    Portable and race-tolerant: per scope, (1) restart an expired window, (2) increment
-    with a plain ``UPDATE``, inserting the row when there is none, (3) set ``locked_until``
-    with a conditional ``UPDATE`` once ``failures`` reaches the limit. Every statement is
-    an atomic read-modify-write on the row, so concurrent failures are never lost. Two
-    processes inserting the same new scope at once make one of them hit the primary key;
-    that transaction is rolled back and run again, finding the row this time. Deadlocks
-    are retried by :func:`transaction`.
+
+def _seconds_left(until: dt.datetime | None, now: dt.datetime) -> int:
+    return 0 if until is None or until <= now else math.ceil((until - now).total_seconds())
+
+
+def _refusal(
+    account: str, address: str, found: dict[str, _Throttle], now: dt.datetime, window: int
+) -> int:
+    """Seconds the login must wait (0: it may go ahead).
+
+    The account's lock applies from every address. The address's lock applies only to an
+    account that already failed within its window: an address over its limit (a password
+    sprayer, or a NAT full of typos) can no longer retry accounts, but its other accounts,
+    the admin and the service account among them, still log in.
     """
-    keys = sorted(set(scopes))  # one lock order for every process: no lock cycles
-    window = dt.timedelta(seconds=settings.login_failure_window)
+    account_row = found.get(account)
+    address_row = found.get(address)
+    wait = _seconds_left(account_row.locked_until if account_row else None, now)
+    if wait:
+        return wait
+    address_wait = _seconds_left(address_row.locked_until if address_row else None, now)
+    account_failed_recently = (
+        account_row is not None
+        and account_row.failures > 0
+        and account_row.window_started_at > now - dt.timedelta(seconds=window)
+    )
+    return address_wait if account_failed_recently else 0
 
-    def count() -> None:
-        now = utcnow()
-        for key in keys:
-            row = LoginThrottle.scope_key == key
-            unlocked = LoginThrottle.locked_until.is_(None) | (LoginThrottle.locked_until <= now)
-            db.session.execute(
-                update(LoginThrottle)
-                .where(row, LoginThrottle.window_started_at <= now - window, unlocked)
-                .values(failures=0, window_started_at=now, locked_until=None)
-            )
-            bumped = db.session.execute(
-                update(LoginThrottle).where(row).values(failures=LoginThrottle.failures + 1)
-            )
-            if bumped.rowcount == 0:  # type: ignore[attr-defined]
-                db.session.execute(
-                    insert(LoginThrottle).values(
-                        scope_key=key, failures=1, window_started_at=now, locked_until=None
-                    )
-                )
-            locked = db.session.execute(
-                update(LoginThrottle)
-                .where(row, LoginThrottle.failures >= settings.login_max_failures, unlocked)
-                .values(locked_until=now + window)
-            )
-            if locked.rowcount:  # type: ignore[attr-defined]
-                log.warning("login throttled: %s locked for %d s", key, window.total_seconds())
 
+def _bump(key: str, limit: int, window: dt.timedelta, now: dt.datetime, *, reserve: bool) -> bool:
+    """Count one failure against ``key`` (in the caller's transaction); lock it at ``limit``.
+
+    With ``reserve``, the count is taken *before* the password is checked and only while
+    the scope is under its limit (``failures < limit``, atomically in the UPDATE): when
+    eight wrong passwords arrive at once, exactly ``limit`` of them get a password check
+    and the others are refused, instead of all reading "not locked yet". Returns False when
+    a reservation was refused.
+    """
+    row = LoginThrottle.scope_key == key
+    unlocked = LoginThrottle.locked_until.is_(None) | (LoginThrottle.locked_until <= now)
+    db.session.execute(
+        update(LoginThrottle)
+        .where(row, LoginThrottle.window_started_at <= now - window, unlocked)
+        .values(failures=0, window_started_at=now, locked_until=None)
+    )
+    condition = [row, unlocked, LoginThrottle.failures < limit] if reserve else [row]
+    bumped = db.session.execute(
+        update(LoginThrottle).where(*condition).values(failures=LoginThrottle.failures + 1)
+    )
+    if bumped.rowcount == 0:  # type: ignore[attr-defined]
+        exists = db.session.execute(select(LoginThrottle.failures).where(row)).first()
+        if exists is not None:  # at the limit, or locked: refused
+            return False
+        db.session.execute(
+            insert(LoginThrottle).values(
+                scope_key=key, failures=1, window_started_at=now, locked_until=None
+            )
+        )
+    locked = db.session.execute(
+        update(LoginThrottle)
+        .where(row, LoginThrottle.failures >= limit, unlocked)
+        .values(locked_until=now + window)
+    )
+    if locked.rowcount:  # type: ignore[attr-defined]
+        log.warning("login throttled: %s locked for %d s", key, window.total_seconds())
+    return True
+
+
+def _counted(work: Callable[[], T]) -> T:
+    """Run a throttle write; two processes inserting one new scope at once make one hit the
+    primary key: that transaction is run again and finds the row."""
     for attempt in range(3):
         try:
-            transaction(count)
-            return
+            return transaction(work)
         except IntegrityError:
             if attempt == 2:
                 raise
             log.debug("a concurrent login created a throttle row first; counting again")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reserve_attempt(account: str, settings: Settings) -> bool:
+    """Take one of the account's attempts before checking its password (see :func:`_bump`)."""
+    window = dt.timedelta(seconds=settings.login_failure_window)
+    return _counted(
+        lambda: _bump(account, settings.login_max_failures, window, utcnow(), reserve=True)
+    )
+
+
+def _record_address_failure(address: str, settings: Settings) -> None:
+    """Count a failed login against the client address (its own, higher limit)."""
+    window = dt.timedelta(seconds=settings.login_failure_window)
+    _counted(
+        lambda: _bump(
+            address, settings.login_max_failures_per_address, window, utcnow(), reserve=False
+        )
+    )
+
+
+def unlock(*, email: str | None = None, address: str | None = None) -> int:
+    """Lift the lock and clear the failures of an account and/or an address; rows removed.
+
+    The operator's answer to a lockout (``coupons unlock --email/--address``).
+    """
+    keys = [account_scope(email)] if email else []
+    if address:
+        keys.append(address_scope(address))
+    if not keys:
+        raise ValueError("give an email, an address or both")
+
+    def work() -> int:
+        result = db.session.execute(delete(LoginThrottle).where(LoginThrottle.scope_key.in_(keys)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return transaction(work)
 
 
 # --------------------------------------------------------------------------- login / tokens
@@ -390,21 +479,29 @@ def _tokens_for(principal: Principal, refresh_token: str, settings: Settings) ->
 def login(email: str, password: str, address: str, settings: Settings) -> TokenPair:
     """Exchange email and password for an access token and a new refresh-token family.
 
-    - 429 ``too_many_attempts`` (with ``retry_after``) while the account or the client
-      address is locked out; checked before any hashing, nothing written.
+    - 429 ``too_many_attempts`` (with ``retry_after``) while the account is locked out, or
+      the client address is and this account already failed in the window; checked before
+      any hashing, nothing written.
+    - Each attempt takes one of the account's ``login_max_failures`` attempts *before* the
+      password check (atomically), so concurrent wrong passwords get exactly that many
+      checks; a success gives it back (the account's counter is cleared).
     - 401 ``invalid_credentials`` for a wrong password, an unknown email or a disabled
       user, with one message and (through a dummy verification) similar timing for all;
-      the failure is counted against both the account and the address.
+      the failure is also counted against the address (its own, higher limit).
     - On success the account's failure counter is cleared (not the address's: one valid
       account must not launder an address's failures), and the stored hash is upgraded
       when :data:`hasher`'s parameters changed since it was made.
     """
     normalized = normalize_email(email)
     scopes = (account_scope(normalized), address_scope(address))
+    too_many = TooManyRequests(
+        "too many failed logins; try again later", retry_after=1, code="too_many_attempts"
+    )
 
     # 1. short read: locks and the user; the connection goes back to the pool after it.
     try:
-        retry_after = _locked_for(scopes, utcnow())
+        now = utcnow()
+        retry_after = _refusal(*scopes, _throttles(scopes), now, settings.login_failure_window)
         user = (
             None
             if retry_after
@@ -417,20 +514,23 @@ def login(email: str, password: str, address: str, settings: Settings) -> TokenP
     finally:
         _end_read()
     if retry_after:
-        raise TooManyRequests(
-            "too many failed logins; try again later",
-            retry_after=retry_after,
-            code="too_many_attempts",
-        )
+        too_many.retry_after = retry_after
+        raise too_many
 
-    # 2. verify with no connection held.
+    # 2. reserve one of the account's attempts, then verify with no connection held.
+    if not _reserve_attempt(scopes[0], settings):
+        try:
+            too_many.retry_after = max(1, _refusal(*scopes, _throttles(scopes), utcnow(), 0))
+        finally:
+            _end_read()
+        raise too_many
     if user is None:
         _dummy_verify(password)
         ok = False
     else:
         ok = _verify(user.password_hash, password) and bool(user.is_active)
     if not ok:
-        _record_failure(scopes, settings)
+        _record_address_failure(scopes[1], settings)
         raise Unauthorized(_INVALID_CREDENTIALS, code="invalid_credentials")
     assert user is not None
     user_id, old_hash = int(user.id), str(user.password_hash)
