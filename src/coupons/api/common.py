@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from coupons.app import settings_of
+from coupons.appsettings import settings_of
 from coupons.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
 from coupons.models import Role
 from coupons.services.auth import Principal, decode_access_token

@@ -19,7 +19,7 @@ from flask_smorest import Blueprint
 from coupons.api.common import BEARER, current_principal, error_response, require_role
 from coupons.api.lean import documented, dump, json_body
 from coupons.api.schemas import ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
-from coupons.app import settings_of
+from coupons.appsettings import settings_of
 from coupons.db import transaction
 from coupons.errors import ServiceError
 from coupons.models import Role, utcnow
@@ -65,9 +65,7 @@ def _render_error(exc: ServiceError) -> idempotency.StoredResponse:
     return idempotency.StoredResponse(rendered.status_code, rendered.get_data(as_text=True))
 
 
-def _idempotent(
-    status: int, effect: Callable[[], RedemptionView]
-) -> RedemptionView | Response:
+def _idempotent(status: int, effect: Callable[[], RedemptionView]) -> RedemptionView | Response:
     """Run ``effect`` (a ``*_in_transaction`` call) under the request's Idempotency-Key.
 
     Without the header, run it in a plain transaction and return the view to serialize.
