@@ -17,14 +17,15 @@ from typing import Any, Final, Protocol
 
 from coupons.errors import Conflict, NotFound, ServiceError, Unprocessable
 from coupons.models import DiscountType
-from coupons.services.codegen import DEFAULT_ALPHABET
 
 CENT: Final = Decimal("0.01")
 MAX_MONEY: Final = Decimal("9999999999.99")  # Numeric(12, 2)
 CODE_PATTERN: Final = re.compile(r"^[A-Z0-9-]{3,64}$")
-#: The one alphabet of new codes (codegen's): 32 symbols, no 0/O, 1/I; codes already stored
-#: in another alphabet stay valid, since lookups only normalize case and spaces.
-CODE_ALPHABET: Final = DEFAULT_ALPHABET
+#: The one alphabet of new codes, random and generated: 32 characters without the
+#: look-alikes 0/O and 1/I (codes are upper-case, so an ``L`` cannot pass for a ``1``);
+#: 32 = 2**5, so every random byte maps to a character. Codes stored before (another
+#: alphabet, or chosen by hand) stay valid: lookups only normalize case and spaces.
+CODE_ALPHABET: Final = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 RANDOM_CODE_GROUPS: Final = 3
 RANDOM_CODE_GROUP_LEN: Final = 4
 
@@ -118,9 +119,12 @@ def check_campaign(values: Mapping[str, Any]) -> None:
     starts_at, ends_at = values["starts_at"], values["ends_at"]
     if starts_at is not None and ends_at is not None and ends_at <= starts_at:
         raise Unprocessable("ends_at must be after starts_at", code="invalid_window")
-    for name in ("max_redemptions", "per_customer_limit"):
-        if values[name] is not None and values[name] < 1:
-            raise Unprocessable(f"{name} must be at least 1", code=f"invalid_{name}")
+    if values["max_redemptions"] is not None and values["max_redemptions"] < 1:
+        raise Unprocessable("max_redemptions must be at least 1", code="invalid_max_redemptions")
+    if values["per_customer_limit"] is not None and values["per_customer_limit"] < 1:
+        raise Unprocessable(
+            "per_customer_limit must be at least 1", code="invalid_per_customer_limit"
+        )
     if values["min_order_total"] is not None:
         check_money("min_order_total", values["min_order_total"], allow_zero=True)
     if not values["name"].strip():
