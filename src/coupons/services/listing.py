@@ -74,19 +74,7 @@ def list_coupons(
         stmt = where_equal(stmt, {Coupon.campaign_id: campaign_id})
         stmt = where_all(stmt, [_status_filter(status)])
         page = keyset_page(db.session, stmt, Coupon.id, limit=limit, cursor=cursor)
-        items = [
-            ListedCoupon(
-                id=c.id,
-                code=c.code,
-                campaign_id=c.campaign_id,
-                max_uses=c.max_uses,
-                use_count=c.use_count,
-                created_at=c.created_at,
-                campaign=CampaignView.of(c.campaign),
-                status=coupon_status(c),
-            )
-            for c in page.items
-        ]
+        items = [ListedCoupon.of(c, c.campaign, status=coupon_status(c)) for c in page.items]
         return Page(items, page.next_cursor)
 
     return read(work)

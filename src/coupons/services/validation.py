@@ -31,9 +31,9 @@ from coupons.services.rules import (
     lookup_key,
     refusal,
 )
-from coupons.services.views import CampaignView, CouponView, ValidationResult
+from coupons.services.views import COUPON_COLUMNS, CampaignView, CouponView, ValidationResult
 
-COUPON_FIELDS: Final = ("id", "code", "campaign_id", "max_uses", "use_count", "created_at")
+COUPON_FIELDS: Final = COUPON_COLUMNS
 CAMPAIGN_FIELDS: Final = tuple(f.name for f in dataclasses.fields(CampaignView))
 
 _join = coupons.join(campaigns, coupons.c.campaign_id == campaigns.c.id)

@@ -8,9 +8,20 @@ marshmallow schema dumps a view and a model alike.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any
+from functools import cache
+from typing import Any, Final, Self
+
+
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _attributes(cls: type, row: Any) -> dict[str, Any]:
+    """The attributes of ``row`` named like the fields of the dataclass ``cls``."""
+    return {name: getattr(row, name) for name in _names(cls)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -34,23 +45,12 @@ class CampaignView:
 
     @classmethod
     def of(cls, row: Any) -> CampaignView:
-        """From anything with the campaign's attributes (an ORM row or a Core row)."""
-        return cls(
-            id=row.id,
-            name=row.name,
-            discount_type=row.discount_type,
-            discount_value=row.discount_value,
-            currency=row.currency,
-            starts_at=row.starts_at,
-            ends_at=row.ends_at,
-            max_redemptions=row.max_redemptions,
-            redemption_count=row.redemption_count,
-            per_customer_limit=row.per_customer_limit,
-            min_order_total=row.min_order_total,
-            is_active=row.is_active,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        """From anything with the campaign's attributes (an ORM row, a Core row, a view)."""
+        return cls(**_attributes(cls, row))
+
+
+#: The coupon's own columns, in the order views and statements list them.
+COUPON_COLUMNS: Final = ("id", "code", "campaign_id", "max_uses", "use_count", "created_at")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,16 +66,12 @@ class CouponView:
     campaign: CampaignView
 
     @classmethod
-    def of(cls, row: Any, campaign: Any) -> CouponView:
-        return cls(
-            id=row.id,
-            code=row.code,
-            campaign_id=row.campaign_id,
-            max_uses=row.max_uses,
-            use_count=row.use_count,
-            created_at=row.created_at,
-            campaign=campaign if isinstance(campaign, CampaignView) else CampaignView.of(campaign),
-        )
+    def of(cls, row: Any, campaign: Any, **extra: Any) -> Self:
+        """From a coupon row and its campaign (a row or a view); ``extra``: a subclass's fields."""
+        values = {name: getattr(row, name) for name in COUPON_COLUMNS}
+        if not isinstance(campaign, CampaignView):
+            campaign = CampaignView.of(campaign)
+        return cls(**values, campaign=campaign, **extra)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,20 +93,8 @@ class RedemptionView:
 
     @classmethod
     def of(cls, row: Any) -> RedemptionView:
-        return cls(
-            id=row.id,
-            coupon_id=row.coupon_id,
-            campaign_id=row.campaign_id,
-            code=row.code,
-            customer_id=row.customer_id,
-            order_id=row.order_id,
-            order_total=row.order_total,
-            discount_amount=row.discount_amount,
-            currency=row.currency,
-            status=row.status,
-            redeemed_at=row.redeemed_at,
-            rolled_back_at=row.rolled_back_at,
-        )
+        """From anything with the ledger row's attributes (an ORM row or a Core row)."""
+        return cls(**_attributes(cls, row))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
