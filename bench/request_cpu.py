@@ -18,6 +18,8 @@ processes of a shared machine as long as it is not starved) and wall time, for
 * ``validate``          POST /coupons/{code}/validate
 * ``get``               GET /coupons/{code}
 * ``rollback``          POST /redemptions/{id}/rollback of a redemption made before
+* ``healthz``           GET /healthz: no token, no database; what the test client, Flask
+                        and the request hooks cost by themselves (the framework's floor)
 
 and the *floor*: the statements a redemption sends today (the locking read of coupon and
 campaign, the ledger INSERT, the two conditional counter UPDATEs, the customer-usage upsert
@@ -187,6 +189,11 @@ class AppTarget:
         response = self.client.get(f"{API}/coupons/{self._code(n)}", headers=self.headers)
         if response.status_code != 200:
             raise RuntimeError(f"get: {response.get_data(as_text=True)}")
+
+    def healthz(self) -> None:
+        response = self.client.get("/healthz")
+        if response.status_code != 200:
+            raise RuntimeError(f"healthz: {response.get_data(as_text=True)}")
 
     def rollback(self) -> None:
         if not self.redeemed:
@@ -382,6 +389,7 @@ def main(argv: list[str]) -> int:
             cells[(t.name, "validate")] = t.validate
             cells[(t.name, "get")] = t.get
             cells[(t.name, "rollback")] = t.rollback
+            cells[(t.name, "healthz")] = t.healthz
         for fn in cells.values():  # warm-up: compiled caches, pool, imports
             block(fn, 30)
         samples: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in cells}

@@ -4,9 +4,10 @@ The test walks the :class:`~coupons.errors.ServiceError` classes (every subclass
 importing every coupons module), then reads the source of src/coupons with ``ast`` for each
 place one is built with a literal code (``Unprocessable(..., code="x")``, or without one:
 the class's default), a subclass outside errors.py with its own ``code = "x"``, a
-``Refusal(Conflict, "x", ...)``), and adds the HTTP-level codes of the
-API's error handlers. Each (code, status) pair must be a row of the table, and each row
-must still be produced somewhere: one code per condition, and no stale documentation.
+``Refusal(Conflict, "x", ...)``, an ``error_response(503, "x", ...)``), and adds the
+HTTP-level codes of the API's error handlers. Each (code, status) pair must be a row of
+the table, and each row must still be produced somewhere: one code per condition, and no
+stale documentation.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def produced_codes() -> set[tuple[str, int]]:
             if name in classes:
                 code = next((_literal(k.value) for k in node.keywords if k.arg == "code"), None)
                 pairs.add((code or classes[name].code, classes[name].status))
+            elif name == "error_response" and len(node.args) >= 2:
+                status, code = node.args[0], _literal(node.args[1])
+                if isinstance(status, ast.Constant) and isinstance(status.value, int) and code:
+                    pairs.add((code, status.value))
             elif name == "Refusal" and len(node.args) >= 2:
                 cls, code = node.args[0], _literal(node.args[1])
                 if isinstance(cls, ast.Name) and cls.id in classes and code:
