@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -26,6 +26,13 @@ from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.models import Campaign, Role, User
 from coupons.services.auth import Principal, issue_access_token
+
+if TYPE_CHECKING:  # imported by pytest as a plugin below; importing it first blocks rewriting
+    from pooltender.pytest_plugin import PoolGuard
+
+#: The project's own leak check: a test that leaves a connection checked out fails, with the
+#: stack of the checkout (see the app fixture).
+pytest_plugins = ["pooltender.pytest_plugin"]
 
 BACKENDS = ("sqlite", "mariadb", "postgresql")
 MARIADB_ADMIN_URL = os.environ.get("TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
@@ -125,16 +132,21 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    """The app on the test's backend; tables emptied and the pool checked afterwards."""
+def app(settings: Settings, pool_guard: PoolGuard) -> Iterator[Flask]:
+    """The app on the test's backend; tables emptied afterwards.
+
+    Its engine is guarded by pooltender's pytest plugin: a connection the test leaves
+    checked out (or leaves to the garbage collector) fails the test at teardown, with the
+    stack of the code that checked it out.
+    """
     application = create_app(settings)
+    with application.app_context():
+        pool_guard.watch(db.engine)
     yield application
     with application.app_context():
         db.session.remove()
         empty_tables()
-        checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
         db.engine.dispose()
-    assert checked_out == 0, f"{checked_out} connection(s) left checked out after the test"
 
 
 @pytest.fixture

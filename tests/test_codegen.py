@@ -272,7 +272,7 @@ def test_refusals_write_nothing(app: Flask, rows: Callable[[Any], int]) -> None:
         assert getattr(exc, "code", None) == code
     exc = _refused(app, campaign_id + 999, count=5)
     assert isinstance(exc, NotFound)
-    assert exc.code == "not_found"
+    assert exc.code == "campaign_not_found"
     assert rows(Coupon) == 0
 
 
@@ -408,7 +408,7 @@ def test_generate_endpoint_auth_and_unknown_campaign(
                 headers=admin,
             ),
             404,
-            "not_found",
+            "campaign_not_found",
         ),
     ]
     for response, status, code in cases:
@@ -440,7 +440,7 @@ def test_csv_endpoint(
     assert forbidden.get_json()["error"]["code"] == "forbidden"
     missing = client.get(f"/api/v1/campaigns/{campaign_id + 99}/codes.csv", headers=admin)
     assert missing.status_code == 404
-    assert missing.get_json()["error"]["code"] == "not_found"
+    assert missing.get_json()["error"]["code"] == "campaign_not_found"
 
 
 def test_openapi_documents_the_code_routes(client: FlaskClient) -> None:

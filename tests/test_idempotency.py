@@ -18,8 +18,8 @@ from sqlalchemy import insert, select, update
 from coupons.config import Settings
 from coupons.db import db
 from coupons.models import Coupon, IdempotencyKey, Redemption, Role, utcnow
-from coupons.services import coupon as coupon_service
 from coupons.services import idempotency
+from coupons.services import redemptions as coupon_service
 from coupons.services.auth import decode_access_token
 from tests.conftest import make_settings
 

@@ -6,12 +6,17 @@ settings are given, so tests and gunicorn build apps the same way.
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 from flask_smorest import Api
 
-from coupons.config import SETTINGS_EXTENSION, Settings
+from coupons.api import register
+from coupons.api.common import require_admin, require_admin_token
+from coupons.appsettings import attach_settings, settings_of
+from coupons.config import Settings
 from coupons.db import db, install_sqlite_hooks
 from pooltender.flask import Pooltender
+
+__all__ = ["ADMIN_PAGE_COOKIE", "create_app", "settings_of"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -31,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(settings.pooltender_config)
-    app.extensions[SETTINGS_EXTENSION] = settings
+    attach_settings(app, settings)
     # Pooltender sizes and watches the pool, sheds exhaustion as 503, and calls db.init_app.
     Pooltender(app, db, settings=settings.pool, protect=_require_admin)
     if settings.backend == "sqlite":
@@ -39,8 +44,6 @@ def create_app(settings: Settings | None = None) -> Flask:
             install_sqlite_hooks(db.engine)
 
     api = Api(app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}})
-    from coupons.api import register
-
     register(app, api)
     return app
 
@@ -53,10 +56,6 @@ ADMIN_PAGE_COOKIE = "coupons_admin_token"
 def _require_admin() -> None:
     """Pooltender's stats and dashboard pages are for admins: a bearer token, or the
     :data:`ADMIN_PAGE_COOKIE` holding one."""
-    from flask import request
-
-    from coupons.api.common import require_admin, require_admin_token
-
     cookie = request.cookies.get(ADMIN_PAGE_COOKIE)
     if cookie and "Authorization" not in request.headers:
         require_admin_token(cookie)

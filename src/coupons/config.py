@@ -55,7 +55,7 @@ from pooltender.settings import (
 )
 
 if TYPE_CHECKING:
-    from flask import Flask
+    pass
 
 ENVIRONMENTS = ("development", "production", "test")
 _SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105  (a shell hint, not a secret)
@@ -298,14 +298,3 @@ class Settings:
         )
         values.update(overrides)
         return cls(**values)
-
-
-#: Where :func:`coupons.app.create_app` keeps the app's :class:`Settings`.
-SETTINGS_EXTENSION = "coupons.settings"
-
-
-def settings_of(app: Flask) -> Settings:
-    """The :class:`Settings` an app was built with (here, not in coupons.app, so the API
-    modules that read it do not import the factory that imports them)."""
-    settings: Settings = app.extensions[SETTINGS_EXTENSION]
-    return settings

@@ -62,6 +62,24 @@ def transaction(fn: Callable[[], T], *, attempts: int = 5) -> T:
     return retry_transaction(session, attempt, attempts, backoff=0.02, max_backoff=0.5)
 
 
+def read(fn: Callable[[], T]) -> T:
+    """Run read-only ``fn`` in a fresh transaction of ``db.session`` and end it at once.
+
+    The one way this package ends a read transaction. Ending it returns the connection to
+    the pool before the caller serializes anything, and starting fresh means MariaDB's
+    REPEATABLE READ snapshot is not one an earlier statement of the request opened.
+    """
+    session = db.session()
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("read started with unflushed changes pending in db.session")
+    if session.in_transaction():
+        session.rollback()
+    try:
+        return fn()
+    finally:
+        session.rollback()
+
+
 def install_sqlite_hooks(engine: Engine) -> None:
     """Make SQLite behave as a multi-user database: WAL, foreign keys, explicit BEGIN.
 

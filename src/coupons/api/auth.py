@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from coupons.api.common import BEARER, client_address, current_principal, require_role
-from coupons.config import settings_of
+from coupons.appsettings import settings_of
 from coupons.models import Role
 from coupons.services import auth as service
 

@@ -77,7 +77,7 @@ class GeneratedCodesSchema(Schema):
     responses={
         "401": {"description": "missing or invalid access token"},
         "403": {"description": "admins only"},
-        "404": {"description": "not_found: no such campaign"},
+        "404": {"description": "campaign_not_found: no such campaign"},
         "422": {
             "description": "validation_error, invalid_pattern, pattern_space_too_small "
             "or pattern_space_exhausted; nothing written"
@@ -112,7 +112,7 @@ def generate(body: dict[str, Any], campaign_id: int) -> dict[str, Any]:
         },
         "401": {"description": "missing or invalid access token"},
         "403": {"description": "admins only"},
-        "404": {"description": "not_found: no such campaign"},
+        "404": {"description": "campaign_not_found: no such campaign"},
     },
 )
 def export_csv(campaign_id: int) -> Response:

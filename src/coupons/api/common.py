@@ -14,7 +14,7 @@ from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from coupons.config import settings_of
+from coupons.appsettings import settings_of
 from coupons.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
 from coupons.models import Role
 from coupons.services.auth import Principal, decode_access_token

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from flask import Response
 from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, require_role
+from coupons.api.lean import documented, dump, json_body
 from coupons.api.schemas import (
     ApiErrorSchema,
     CouponSchema,
@@ -17,34 +17,45 @@ from coupons.api.schemas import (
     ValidationResultSchema,
 )
 from coupons.models import Role
-from coupons.services import coupon as service
+from coupons.services import validation as service
 
 URL_PREFIX = ""
 blp = Blueprint("coupons", __name__, description="Coupons")
 
 
+_coupon_schema = CouponSchema()
+_validate_request = ValidateRequestSchema()
+_validation_schema = ValidationResultSchema()
+
+
 @blp.route("/coupons/<string:code>", methods=["GET"])
+@documented(
+    blp.response(200, CouponSchema),
+    blp.alt_response(404, schema=ApiErrorSchema, description="coupon_not_found"),
+    blp.doc(security=BEARER, summary="Read a code (case-insensitive) with its campaign"),
+)
 @require_role(Role.SERVICE)
-@blp.response(200, CouponSchema)
-@blp.alt_response(404, schema=ApiErrorSchema, description="coupon_not_found")
-@blp.doc(security=BEARER, summary="Read a code (case-insensitive) with its campaign")
-def get_coupon(code: str) -> service.CouponView:
-    return service.get_coupon(code)
+def get_coupon(code: str) -> Response:
+    return dump(200, _coupon_schema, service.get_coupon(code))
 
 
 @blp.route("/coupons/<string:code>/validate", methods=["POST"])
-@require_role(Role.SERVICE)
-@blp.arguments(ValidateRequestSchema)
-@blp.response(200, ValidationResultSchema)
-@blp.doc(
-    security=BEARER,
-    summary="Would this code apply to this order now? Writes nothing",
-    description=(
-        "Always 200: `valid: true` with the discount, or `valid: false` with `reason`, the "
-        "error code a redemption would fail with now."
+@documented(
+    blp.arguments(ValidateRequestSchema),
+    blp.response(200, ValidationResultSchema),
+    blp.doc(
+        security=BEARER,
+        summary="Would this code apply to this order now? Writes nothing",
+        description=(
+            "Always 200: `valid: true` with the discount, or `valid: false` with `reason`, the "
+            "error code a redemption would fail with now."
+        ),
     ),
 )
-def validate_coupon(data: dict[str, Any], code: str) -> service.ValidationResult:
-    return service.validate_coupon(
+@require_role(Role.SERVICE)
+def validate_coupon(code: str) -> Response:
+    data = json_body(_validate_request)
+    result = service.validate_coupon(
         code, customer_id=data["customer_id"], order_total=data["order_total"]
     )
+    return dump(200, _validation_schema, result)

@@ -1,9 +1,8 @@
 """List endpoints: ``GET /campaigns`` and ``GET /coupons``, keyset-paginated.
 
 Both answer ``{"items": [...], "next_cursor": "<opaque>" | null}``; pass ``next_cursor``
-back as ``cursor`` for the next page. Each page is one SQL statement (see
-:mod:`coupons.lib.query`): coupons come with their campaign through an INNER JOIN loaded
-into the relationship (``contains_eager``), never one query per coupon.
+back as ``cursor`` for the next page. The pages come from :mod:`coupons.services.listing`
+as views (one SQL statement per page, the transaction ended before serialization).
 """
 
 from __future__ import annotations
@@ -12,25 +11,16 @@ from typing import Any
 
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-from sqlalchemy import ColumnElement, and_, or_, select
 
 from coupons.api.common import BEARER, require_role
-from coupons.db import db
-from coupons.lib.query import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    join_and_load,
-    keyset_page,
-    where_all,
-    where_equal,
-)
-from coupons.models import Campaign, Coupon, Role
+from coupons.lib.query import DEFAULT_LIMIT, MAX_LIMIT
+from coupons.models import Role
+from coupons.services import listing as service
+from coupons.services.listing import AVAILABLE, EXHAUSTED
+from coupons.services.views import ListedCoupon
 
 URL_PREFIX = ""
 blp = Blueprint("listing", __name__, description="Listing campaigns and coupons")
-
-AVAILABLE = "available"
-EXHAUSTED = "exhausted"
 
 _LIST_ERRORS = {
     "400": {"description": "invalid_cursor: the cursor was not returned by this API"},
@@ -106,8 +96,8 @@ class CouponListItemSchema(Schema):
     created_at = fields.DateTime()
     campaign = fields.Nested(CouponListCampaignSchema)
 
-    def _status(self, coupon: Coupon) -> str:
-        return coupon_status(coupon)
+    def _status(self, coupon: ListedCoupon) -> str:
+        return coupon.status
 
 
 class CampaignPageSchema(Schema):
@@ -120,38 +110,13 @@ class CouponPageSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
-def coupon_status(coupon: Coupon) -> str:
-    """``exhausted`` when the code's own uses or its campaign's cap are used up."""
-    campaign = coupon.campaign
-    if coupon.max_uses is not None and coupon.use_count >= coupon.max_uses:
-        return EXHAUSTED
-    if campaign.max_redemptions is not None and (
-        campaign.redemption_count >= campaign.max_redemptions
-    ):
-        return EXHAUSTED
-    return AVAILABLE
-
-
-def _status_filter(status: str | None) -> ColumnElement[bool] | None:
-    """The SQL twin of :func:`coupon_status` (needs ``campaigns`` joined)."""
-    if status is None:
-        return None
-    code_left = or_(Coupon.max_uses.is_(None), Coupon.use_count < Coupon.max_uses)
-    campaign_left = or_(
-        Campaign.max_redemptions.is_(None), Campaign.redemption_count < Campaign.max_redemptions
-    )
-    available = and_(code_left, campaign_left)
-    return available if status == AVAILABLE else ~available
-
-
 @blp.route("/campaigns")
 @require_role(Role.SERVICE)
 @blp.arguments(CampaignListQuerySchema, location="query")
 @blp.response(200, CampaignPageSchema)
 @blp.doc(summary="List campaigns (keyset pagination)", security=BEARER, responses=_LIST_ERRORS)
 def list_campaigns(args: dict[str, Any]) -> dict[str, Any]:
-    stmt = where_equal(select(Campaign), {Campaign.is_active: args["active"]})
-    page = keyset_page(db.session, stmt, Campaign.id, limit=args["limit"], cursor=args["cursor"])
+    page = service.list_campaigns(active=args["active"], limit=args["limit"], cursor=args["cursor"])
     return {"items": page.items, "next_cursor": page.next_cursor}
 
 
@@ -165,9 +130,10 @@ def list_campaigns(args: dict[str, Any]) -> dict[str, Any]:
     responses=_LIST_ERRORS,
 )
 def list_coupons(args: dict[str, Any]) -> dict[str, Any]:
-    # One statement per page: the join both filters (status) and fills Coupon.campaign.
-    stmt = join_and_load(select(Coupon), Coupon.campaign)
-    stmt = where_equal(stmt, {Coupon.campaign_id: args["campaign_id"]})
-    stmt = where_all(stmt, [_status_filter(args["status"])])
-    page = keyset_page(db.session, stmt, Coupon.id, limit=args["limit"], cursor=args["cursor"])
+    page = service.list_coupons(
+        campaign_id=args["campaign_id"],
+        status=args["status"],
+        limit=args["limit"],
+        cursor=args["cursor"],
+    )
     return {"items": page.items, "next_cursor": page.next_cursor}

@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, current_principal, error_response, require_role
+from coupons.api.lean import documented, dump, json_body
 from coupons.api.schemas import ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
-from coupons.config import settings_of
+from coupons.appsettings import settings_of
 from coupons.db import transaction
 from coupons.errors import ServiceError
 from coupons.models import Role, utcnow
-from coupons.services import coupon as service
 from coupons.services import idempotency
+from coupons.services import redemptions as service
+from coupons.services.views import RedemptionView
 
 URL_PREFIX = ""
 blp = Blueprint("redemptions", __name__, description="Redemptions")
@@ -48,6 +50,7 @@ _KEY_DOC: Final = {
     ]
 }
 _redemption_schema = RedemptionSchema()
+_redeem_request = RedeemRequestSchema()
 
 
 def _json_response(status: int, body: str, *, replayed: bool = False) -> Response:
@@ -62,12 +65,10 @@ def _render_error(exc: ServiceError) -> idempotency.StoredResponse:
     return idempotency.StoredResponse(rendered.status_code, rendered.get_data(as_text=True))
 
 
-def _idempotent(
-    status: int, effect: Callable[[], service.RedemptionView]
-) -> service.RedemptionView | Response:
+def _idempotent(status: int, effect: Callable[[], RedemptionView]) -> RedemptionView | Response:
     """Run ``effect`` (a ``*_in_transaction`` call) under the request's Idempotency-Key.
 
-    Without the header, run it in a plain transaction and let flask-smorest serialize it.
+    Without the header, run it in a plain transaction and return the view to serialize.
     """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
@@ -95,25 +96,29 @@ def _idempotent(
 
 
 @blp.route("/redemptions", methods=["POST"])
+@documented(
+    blp.arguments(RedeemRequestSchema),
+    blp.response(201, RedemptionSchema),
+    blp.alt_response(
+        409,
+        schema=ApiErrorSchema,
+        description="coupon_exhausted, customer_limit_reached, already_redeemed, "
+        "idempotency_key_in_progress",
+    ),
+    blp.alt_response(
+        422,
+        schema=ApiErrorSchema,
+        description="coupon_not_found, coupon_expired, coupon_not_yet_valid, campaign_inactive, "
+        "order_total_below_minimum, idempotency_key_reused, validation_error",
+    ),
+    blp.doc(security=BEARER, summary="Redeem a code for an order (service or admin)", **_KEY_DOC),
+)
 @require_role(Role.SERVICE)
-@blp.arguments(RedeemRequestSchema)
-@blp.response(201, RedemptionSchema)
-@blp.alt_response(
-    409,
-    schema=ApiErrorSchema,
-    description="coupon_exhausted, customer_limit_reached, already_redeemed, "
-    "idempotency_key_in_progress",
-)
-@blp.alt_response(
-    422,
-    schema=ApiErrorSchema,
-    description="coupon_not_found, coupon_expired, coupon_not_yet_valid, campaign_inactive, "
-    "order_total_below_minimum, idempotency_key_reused, validation_error",
-)
-@blp.doc(security=BEARER, summary="Redeem a code for an order (service or admin)", **_KEY_DOC)
-def redeem(data: dict[str, Any]) -> Any:
+def redeem() -> Response:
+    # Parsed and checked before the transaction: none of it is hold time.
+    data = json_body(_redeem_request)
     now = utcnow()
-    return _idempotent(
+    result = _idempotent(
         201,
         lambda: service.redeem_in_transaction(
             code=data["code"],
@@ -123,6 +128,7 @@ def redeem(data: dict[str, Any]) -> Any:
             now=now,
         ),
     )
+    return result if isinstance(result, Response) else dump(201, _redemption_schema, result)
 
 
 @blp.route("/redemptions/<int:redemption_id>", methods=["GET"])
@@ -130,19 +136,22 @@ def redeem(data: dict[str, Any]) -> Any:
 @blp.response(200, RedemptionSchema)
 @blp.alt_response(404, schema=ApiErrorSchema, description="redemption_not_found")
 @blp.doc(security=BEARER, summary="Read a redemption (service or admin)")
-def get_redemption(redemption_id: int) -> service.RedemptionView:
+def get_redemption(redemption_id: int) -> RedemptionView:
     return service.get_redemption(redemption_id)
 
 
 @blp.route("/redemptions/<int:redemption_id>/rollback", methods=["POST"])
-@require_role(Role.SERVICE)
-@blp.response(200, RedemptionSchema)
-@blp.alt_response(404, schema=ApiErrorSchema, description="redemption_not_found")
-@blp.doc(
-    security=BEARER,
-    summary="Roll a redemption back, restoring its counts; idempotent (service or admin)",
-    **_KEY_DOC,
+@documented(
+    blp.response(200, RedemptionSchema),
+    blp.alt_response(404, schema=ApiErrorSchema, description="redemption_not_found"),
+    blp.doc(
+        security=BEARER,
+        summary="Roll a redemption back, restoring its counts; idempotent (service or admin)",
+        **_KEY_DOC,
+    ),
 )
-def rollback(redemption_id: int) -> Any:
+@require_role(Role.SERVICE)
+def rollback(redemption_id: int) -> Response:
     now = utcnow()
-    return _idempotent(200, lambda: service.rollback_in_transaction(redemption_id, now=now))
+    result = _idempotent(200, lambda: service.rollback_in_transaction(redemption_id, now=now))
+    return result if isinstance(result, Response) else dump(200, _redemption_schema, result)

@@ -39,23 +39,24 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from coupons.db import db, transaction
-from coupons.errors import NotFound, Unprocessable
+from coupons.db import db, read, transaction
+from coupons.errors import Unprocessable
 from coupons.models import Campaign, Coupon, utcnow
+from coupons.services.rules import CODE_ALPHABET, campaign_not_found
 
-DEFAULT_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
-"""32 characters without the look-alikes 0/O and 1/I (codes are upper-case, so an ``L``
-cannot pass for a ``1``); 32 = 2**5, so every random byte maps to a character."""
+DEFAULT_ALPHABET = CODE_ALPHABET
+"""The service's one code alphabet (:data:`coupons.services.rules.CODE_ALPHABET`)."""
 DEFAULT_PATTERN = "####-####-####"
 SLOT = "#"
 MAX_CODE_LENGTH = 64  # the width of coupons.code
@@ -305,7 +306,7 @@ def _insert_chunk(pattern: CodePattern, codes: set[str], row: dict[str, Any]) ->
 def _require_campaign(campaign_id: int) -> None:
     found = db.session.scalar(select(Campaign.id).where(Campaign.id == campaign_id))
     if found is None:
-        raise NotFound(f"campaign {campaign_id} does not exist")
+        raise campaign_not_found(campaign_id)
 
 
 def generate_codes(
@@ -322,7 +323,7 @@ def generate_codes(
 
     Checks, in order, before anything is written: the pattern (422 ``invalid_pattern``),
     the count (422 ``invalid_count``), ``max_uses`` (422 ``invalid_max_uses``), the
-    campaign (404 ``not_found``) and the space rule (422 ``pattern_space_too_small``).
+    campaign (404 ``campaign_not_found``) and the space rule (422 ``pattern_space_too_small``).
 
     ``on_progress(done, total)`` is called after each chunk is written (inside the
     transaction: ``done`` restarts from 0 if a deadlock makes the transaction run
@@ -383,7 +384,7 @@ def generate_codes(
 def open_codes_export(
     campaign_id: int, *, after_id: int = 0, page_size: int = EXPORT_PAGE_SIZE
 ) -> Iterator[str]:
-    """Check the campaign exists (404 ``not_found``) and return the CSV of its codes.
+    """Check the campaign exists (404 ``campaign_not_found``) and return the CSV of its codes.
 
     The check runs now, so an HTTP view can still answer 404; the rows are read only as
     the returned iterator is consumed. It yields the header line, then one string per
@@ -403,10 +404,7 @@ def open_codes_export(
         raise RuntimeError("open_codes_export() needs a db.session without pending changes")
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    try:
-        _require_campaign(campaign_id)
-    finally:
-        db.session.rollback()  # end the read: nothing is held until the first page
+    read(lambda: _require_campaign(campaign_id))  # ended: nothing held until the first page
     return _export_pages(campaign_id, after_id, page_size)
 
 
@@ -423,10 +421,8 @@ def _export_pages(campaign_id: int, after_id: int, page_size: int) -> Iterator[s
             .order_by(Coupon.id)
             .limit(page_size)
         )
-        try:
-            rows = db.session.execute(stmt).all()
-        finally:
-            db.session.rollback()  # the page is in memory; give the connection back now
+        # The page is in memory once read() returns: the connection is back in the pool.
+        rows = read(functools.partial(_page, stmt))
         if not rows:
             return
         for row in rows:
@@ -442,6 +438,10 @@ def _export_pages(campaign_id: int, after_id: int, page_size: int) -> Iterator[s
         if len(rows) < page_size:
             return
         last_id = rows[-1].id
+
+
+def _page(stmt: Any) -> Sequence[Any]:
+    return db.session.execute(stmt).all()
 
 
 def _iso(value: dt.datetime) -> str:
