@@ -144,5 +144,7 @@ def register(main: click.Group) -> None:
         fixable = sum(1 for v in outcome.violations if v.fix_safety is not None)
         if fixable:
             summary += f", {fixable} fixable (--fix; unsafe ones need --unsafe-fixes)"
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(summary, err=True)
         raise SystemExit(outcome.exit_code)

@@ -10,6 +10,12 @@ Keys (all optional)::
     pool-size-limit = 50            # PT006: a pool_size literal above this is reported
     max-overflow-limit = 100        # PT006: a max_overflow literal above this is reported
     relationships = ["posts"]       # PT008: extra lazy relationship names to know about
+    sqlalchemy-version = "1.3"      # the pinned version, when the project files do not say
+    flask-sqlalchemy-version = "2.5"
+
+``db-names`` entries are identifiers (``db``) or dotted paths of identifiers
+(``extensions.db``); anything else (``db.session``, ``app.db()``, ``""``) cannot name the
+extension object and is a :class:`ConfigError` rather than a silently ignored entry.
 
 An unknown key, a wrong type or an unknown code is a :class:`ConfigError` (exit 2 on the CLI):
 a typo in a linter's configuration silently disabling a rule is the failure this prevents.
@@ -17,11 +23,14 @@ a typo in a linter's configuration silently disabling a rule is the failure this
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from pooltender.lint.versions import Pins, parse_version, read_pins
 
 DEFAULT_EXCLUDE = (
     ".git",
@@ -56,6 +65,7 @@ class LintConfig:
     pool_size_limit: int = 50
     max_overflow_limit: int = 100
     relationships: tuple[str, ...] = ()
+    pins: Pins = field(default_factory=Pins)
     source: str | None = field(default=None, compare=False)
 
 
@@ -107,7 +117,35 @@ _KEYS = {
     "pool-size-limit",
     "max-overflow-limit",
     "relationships",
+    "sqlalchemy-version",
+    "flask-sqlalchemy-version",
 }
+
+_DB_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def check_db_names(names: Iterable[str], origin: str) -> tuple[str, ...]:
+    """Validate ``db-names``: each entry must be usable as the extension object's name."""
+    out = []
+    for name in names:
+        if not _DB_NAME.match(name) or name.split(".")[-1] in ("session", "query", "engine"):
+            raise ConfigError(
+                f"{origin}: db-names entry {name!r} cannot name a Flask-SQLAlchemy extension "
+                "object: give an identifier (db) or a dotted path of identifiers "
+                "(extensions.db), not an expression or its .session"
+            )
+        out.append(name)
+    return tuple(out)
+
+
+def _version_key(table: Mapping[str, Any], key: str, origin: str) -> tuple[int, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    parsed = parse_version(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise ConfigError(f'{origin}: {key} must be a version string such as "1.4", got {value!r}')
+    return parsed
 
 
 def _str_list(table: Mapping[str, Any], key: str, origin: str) -> list[str]:
@@ -169,7 +207,16 @@ def load_config(
     explicit = {p.strip().upper() for p in select_patterns} & set(known_codes())
     excludes = tuple(_str_list(table, "exclude", origin)) or DEFAULT_EXCLUDE
     excludes += tuple(_str_list(table, "extend-exclude", origin)) + tuple(exclude)
-    db_names = tuple(_str_list(table, "db-names", origin)) or ("db",)
+    db_names = check_db_names(_str_list(table, "db-names", origin), origin) or ("db",)
+    pins = read_pins(search_from or Path.cwd())
+    sa_override = _version_key(table, "sqlalchemy-version", origin)
+    fsa_override = _version_key(table, "flask-sqlalchemy-version", origin)
+    if sa_override or fsa_override:
+        pins = Pins(
+            sa_override or pins.sqlalchemy,
+            fsa_override or pins.flask_sqlalchemy,
+            f"{origin} [tool.pooltender.lint]",
+        )
     return LintConfig(
         select=frozenset(selected),
         explicitly_selected=frozenset(explicit),
@@ -178,6 +225,7 @@ def load_config(
         pool_size_limit=_int(table, "pool-size-limit", 50, origin),
         max_overflow_limit=_int(table, "max-overflow-limit", 100, origin),
         relationships=tuple(_str_list(table, "relationships", origin)),
+        pins=pins,
         source=origin,
     )
 

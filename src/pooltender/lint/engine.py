@@ -36,6 +36,7 @@ from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violati
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
 from pooltender.lint.rules import ALL_CODES, RULES, engine_code_severity
+from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
 
 MAX_FIX_PASSES = 10
 PARALLEL_MIN_FILES = 16
@@ -55,6 +56,7 @@ class FileResult:
     fixes_applied: int = 0
     fixed_source: str | None = None
     crashed: bool = False
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +80,11 @@ class LintReport:
     @property
     def fixes_applied(self) -> int:
         return sum(r.fixes_applied for r in self.results)
+
+    @property
+    def notes(self) -> list[str]:
+        """Why rules skipped findings or fixes (versions, bindings), each once."""
+        return sorted({n for r in self.results for n in r.notes})
 
     @property
     def crashes(self) -> list[Violation]:
@@ -130,6 +137,12 @@ def display_path(path: Path) -> str:
 
 
 # -- project facts ---------------------------------------------------------------------------
+
+# A file none of whose functions can have a summary worth keeping is not parsed for one.
+_SUMMARY_WORDS = re.compile(
+    r"session|query|sleep|requests|httpx|urlopen|hash|password|bcrypt|upload|download|subprocess"
+    r"|Popen|system|_object|_blob|verify"
+)
 
 _RELATIONSHIP = re.compile(
     r"^[ \t]*(?P<name>\w+)\s*(?::[^=\n]+)?=\s*(?:[\w.]+\.)?relationship\(", re.MULTILINE
@@ -248,8 +261,13 @@ def _analyze(
     config: LintConfig,
     relationships: Mapping[str, bool],
     all_rules: bool,
+    summaries: Mapping[str, FunctionSummary] | None = None,
 ) -> _Analysis:
-    rules = [r for r in RULES if r.code in config.select and (all_rules or r.could_fire(source))]
+    rules = [
+        r
+        for r in RULES
+        if r.code in config.select and (all_rules or r.could_fire(source, summaries))
+    ]
     module, error = _parse(source, path, need_cst=bool(rules))
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
@@ -260,7 +278,7 @@ def _analyze(
     ctx = None
     found: list[tuple[Finding, str]] = []
     if module is not None:
-        ctx = FileContext(path, source, module, config, relationships)
+        ctx = FileContext(path, source, module, config, relationships, summaries)
         for rule in rules:
             try:
                 found.extend((f, rule.severity) for f in rule.check(ctx))
@@ -376,20 +394,27 @@ def lint_source(
     config: LintConfig | None = None,
     *,
     relationships: Mapping[str, bool] | None = None,
+    summaries: Mapping[str, FunctionSummary] | None = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
 ) -> FileResult:
-    """Lint (and with ``fix`` rewrite) one source text; the API the CLI and tests share."""
+    """Lint (and with ``fix`` rewrite) one source text; the API the CLI and tests share.
+
+    ``summaries`` are the project's function summaries (:mod:`pooltender.lint.summaries`);
+    without them the source's own functions are summarised."""
     from pooltender.lint.config import default_config
 
     config = config or default_config()
     rels = dict(scan_relationships(source))
     rels.update(relationships or {})
     rels.update(dict.fromkeys(config.relationships, True))
-    analysis = _analyze(source, path, config, rels, all_rules)
+    if summaries is None:
+        summaries = summarize_source(source, config.db_names)
+    analysis = _analyze(source, path, config, rels, all_rules, summaries)
     applied = 0
     original = source
+    notes: set[str] = set(analysis.ctx.notes) if analysis.ctx is not None else set()
     for _ in range(MAX_FIX_PASSES if fix else 0):
         if analysis.module is None or not analysis.fixes:
             break
@@ -407,7 +432,9 @@ def lint_source(
             break
         source = new_source
         applied += count
-        analysis = _analyze(source, path, config, rels, all_rules)
+        analysis = _analyze(source, path, config, rels, all_rules, summaries)
+        if analysis.ctx is not None:
+            notes |= analysis.ctx.notes
     return FileResult(
         path=path,
         violations=tuple(sorted(analysis.violations)),
@@ -415,6 +442,7 @@ def lint_source(
         fixes_applied=applied,
         fixed_source=source if source != original else None,
         crashed=any(v.code == "PT999" for v in analysis.violations),
+        notes=tuple(sorted(notes)),
     )
 
 
@@ -426,6 +454,7 @@ def lint_file(
     config: LintConfig,
     relationships: Mapping[str, bool] | None = None,
     *,
+    summaries: Mapping[str, FunctionSummary] | None = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
@@ -444,6 +473,7 @@ def lint_file(
             shown,
             config,
             relationships=relationships,
+            summaries=summaries,
             fix=fix,
             unsafe_fixes=unsafe_fixes,
             all_rules=all_rules,
@@ -457,9 +487,14 @@ def lint_file(
     return result
 
 
-def _worker(args: tuple[Path, LintConfig, Mapping[str, bool], bool, bool, bool]) -> FileResult:
-    path, config, rels, fix, unsafe, all_rules = args
-    return lint_file(path, config, rels, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules)
+_Task = tuple[Path, LintConfig, Mapping[str, bool], Mapping[str, FunctionSummary], bool, bool, bool]
+
+
+def _worker(args: _Task) -> FileResult:
+    path, config, rels, summaries, fix, unsafe, all_rules = args
+    return lint_file(
+        path, config, rels, summaries=summaries, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules
+    )
 
 
 def lint_paths(
@@ -475,14 +510,19 @@ def lint_paths(
     in worker processes when there are enough of them to pay for the start-up."""
     files = discover(paths, config)
     rels: dict[str, bool] = {}
-    if "PT008" in config.select:
-        for f in files:
-            text, _, _ = read_text(f)
-            if text is not None:
-                rels.update(scan_relationships(text))
+    per_file: list[Mapping[str, FunctionSummary]] = []
+    for f in files:
+        text, _, _ = read_text(f)
+        if text is None:
+            continue
+        if "PT008" in config.select:
+            rels.update(scan_relationships(text))
+        if _SUMMARY_WORDS.search(text):
+            per_file.append(summarize_source(text, config.db_names))
+    summaries = merge_maps(per_file)
     rels.update(dict.fromkeys(config.relationships, True))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    tasks = [(f, config, rels, fix, unsafe_fixes, all_rules) for f in files]
+    tasks: list[_Task] = [(f, config, rels, summaries, fix, unsafe_fixes, all_rules) for f in files]
     report = LintReport()
     if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:

@@ -24,7 +24,7 @@ from app import db
 def get_user():
     user = User.query.get(1)
     db.session.close()
-    return user
+    return user, Post.query.count()
 
 
 def teardown(exc):
@@ -35,7 +35,9 @@ def teardown(exc):
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "pyproject.toml").write_text(
+        "[project]\nname = 'x'\ndependencies = ['SQLAlchemy>=2.0', 'Flask-SQLAlchemy>=3.1']\n"
+    )
     pkg = tmp_path / "app"
     pkg.mkdir()
     (pkg / "views.py").write_text(BAD)
@@ -55,10 +57,11 @@ def test_text_output_sorted_and_exit_1(project: Path) -> None:
     lines = out.splitlines()
     assert lines == [
         "app/views.py:5:12: PT009 legacy Query.get(); use db.session.get(User, ...)",
-        "app/views.py:6:5: PT002 manual db.session.close(): Flask-SQLAlchemy removes the "
-        "session at app-context teardown; delete it",
+        "app/views.py:6:5: PT002 db.session.close() in the middle of a unit of work: line 7 "
+        "uses the session again (a new transaction; objects loaded before are detached); "
+        "delete the close() and let teardown end the session",
         "app/views.py:12:5: PT002 redundant db.session.close() right after "
-        "db.session.remove(); delete it",
+        "db.session.remove() (which closes the session); delete it",
     ]
 
 

