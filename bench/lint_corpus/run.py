@@ -168,6 +168,7 @@ def score(results: list[RepoResult]) -> dict[str, Any]:
     unlabelled: list[str] = []
     recall_hit = recall_total = 0
     missed: list[str] = []
+    later_missed: list[str] = []
     for res in results:
         labels = {key(r["file"], r["line"], r["code"]): r for r in load_labels(res.name)}
         reported = {key(f["file"], f["line"], f["code"]) for f in res.findings}
@@ -188,6 +189,8 @@ def score(results: list[RepoResult]) -> dict[str, Any]:
                     recall_hit += 1
                 else:
                     missed.append(f"{res.name}/{row['file']}:{row['line']} {k[2]}")
+            elif row["verdict"] == "true" and k not in reported:
+                later_missed.append(f"{res.name}/{row['file']}:{row['line']} {k[2]}")
     per_rule = {}
     total_true = total_false = 0
     for code, c in sorted(verdicts.items()):
@@ -213,6 +216,7 @@ def score(results: list[RepoResult]) -> dict[str, Any]:
         "recall_hit": recall_hit,
         "recall_total": recall_total,
         "missed": missed,
+        "later_missed": later_missed,
         "unlabelled": unlabelled,
     }
 
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for miss in scores["missed"]:
         print(f"  missed: {miss}")
+    for miss in scores["later_missed"]:
+        print(f"  no longer reported (a later, unfrozen true label): {miss}")
     if args.show_unlabelled:
         for row in scores["unlabelled"]:
             print(f"  unlabelled: {row}")

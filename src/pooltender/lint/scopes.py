@@ -12,14 +12,16 @@ changes one of them changes every rule that reads it, which is the point of keep
   ``teardown_*`` / ``errorhandler`` / ``context_processor`` hook. Flask-SQLAlchemy removes the
   session when the request's app context tears down, which rolls back an unfinished
   transaction and returns the connection.
-* **Worker task**: a function under a task decorator (Celery ``task`` / ``shared_task`` /
-  ``periodic_task``, RQ ``job``, Dramatiq ``actor``, Huey ``db_task``). **CLI command**: a
-  function under a command decorator (click / Flask ``cli.command``, Flask-Script
-  ``manager.command``).
+* **Worker task**: a function under a task decorator of a worker whose processes outlive their
+  tasks (Celery ``task`` / ``shared_task`` / ``periodic_task``, Dramatiq ``actor``, Huey
+  ``db_task``; not RQ's ``job``, which runs in a forked process that exits with the job).
+  **CLI command**: a function under a command decorator (click / Flask ``cli.command``,
+  Flask-Script ``manager.command``).
 * **Long-running loop**: a ``while`` whose condition is not a bounded counter (``while True``,
-  ``while not stop.is_set()``, ``while self.running``; ``while i < n`` and ``while items:`` are
-  bounded), a ``for`` over a consumer, queue, pub/sub, ``listen()`` / ``poll()`` /
-  ``consume()`` iterator, or any loop whose body sleeps.
+  ``while not stop.is_set()``, ``while self.running``; ``while i < n``, ``while items:`` and a
+  search loop whose condition tests a local name the body reassigns, ``while token is not
+  None: token = ...``, are bounded), a ``for`` over a consumer, queue, pub/sub,
+  ``listen()`` / ``poll()`` / ``consume()`` iterator, or any loop whose body sleeps.
 * **Slow work**: sleeping, HTTP calls, password hashing (bcrypt, Flask-Bcrypt, passlib,
   argon2, hashlib's KDFs, werkzeug, and methods named ``check_password`` /
   ``verify_password`` / ``set_password``), cloud storage transfers, subprocesses.
@@ -54,8 +56,10 @@ _HOOKS = frozenset(
     }
 )
 _VIEW_BASES = frozenset({"MethodView", "View", "Resource", "BaseView", "ModelView"})
+# RQ's ``job`` is left out on purpose: RQ runs each job in a forked work horse that exits with
+# it, so a failed session never outlives its job.
 _WORKER_LAST = frozenset(
-    {"task", "shared_task", "periodic_task", "job", "actor", "db_task", "db_periodic_task"}
+    {"task", "shared_task", "periodic_task", "actor", "db_task", "db_periodic_task"}
 )
 _CLI_LAST = frozenset({"command"})
 
@@ -280,10 +284,24 @@ def loop_sleeps(loop: cst.While | cst.For) -> bool:
     return any(isinstance(n, cst.Call) and sleeps(n) for n in walk(loop.body))
 
 
+def _search_loop(loop: cst.While) -> bool:
+    """The condition tests a plain local name that the body assigns (retry until unique)."""
+    tested = {n.value for n in walk(loop.test) if isinstance(n, cst.Name)}
+    tested -= {"True", "False", "None", "not"}
+    if not tested or any(isinstance(n, cst.Call | cst.Attribute) for n in walk(loop.test)):
+        return False
+    for node in walk(loop.body):
+        if isinstance(node, cst.AssignTarget | cst.AugAssign):
+            target = node.target
+            if isinstance(target, cst.Name) and target.value in tested:
+                return True
+    return False
+
+
 def is_long_running(loop: cst.While | cst.For) -> bool:
     """See the module docstring."""
     if isinstance(loop, cst.While):
-        if not _bounded(loop.test):
+        if not _bounded(loop.test) and not _search_loop(loop):
             return True
     elif _consumer_iter(loop.iter):
         return True

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pooltender.lint.scopes import slow_kind_of
 
@@ -56,6 +56,8 @@ class FunctionSummary:
     ends_transaction: bool = False
     returns_query: str | None = None
     slow: str | None = None
+    #: last names of the functions it calls (for propagating ``ends_transaction``)
+    calls: frozenset[str] = frozenset()
 
     @property
     def holds_transaction(self) -> bool:
@@ -78,6 +80,27 @@ def _last(node: ast.AST) -> str | None:
     if isinstance(node, ast.Attribute):
         return node.attr
     return None
+
+
+_UNRESOLVABLE = frozenset(
+    {"get", "set", "add", "append", "pop", "update", "items", "keys", "values", "format"}
+)
+
+
+def _resolvable_callee(func: ast.AST) -> str | None:
+    """The name of a call we can attribute to a project function: ``name()`` or
+    ``self.name()`` / ``cls.name()``; not ``obj.get()`` (a dict, a cache, anything)."""
+    if isinstance(func, ast.Name):
+        name = func.id
+    elif (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id in ("self", "cls")
+    ):
+        name = func.attr
+    else:
+        return None
+    return None if name in _UNRESOLVABLE else name
 
 
 class _Facts:
@@ -153,12 +176,16 @@ def summarize_function(
     touches = ends = False
     slow: str | None = None
     returns: str | None = None
+    calls: set[str] = set()
     for node in _own_nodes(func):
         if isinstance(node, ast.Attribute):
             if facts.is_session(node) or facts.model_query(node):
                 touches = True
         elif isinstance(node, ast.Call):
             f = node.func
+            callee = _resolvable_callee(f)
+            if callee is not None:
+                calls.add(callee)
             if isinstance(f, ast.Attribute) and facts.is_session(f.value) and f.attr in _ENDS:
                 ends = True
             if slow is None:
@@ -169,7 +196,7 @@ def summarize_function(
                 slow = slow_kind_of(_dotted(f), attr, inner)
         elif isinstance(node, ast.Return) and node.value is not None and returns is None:
             returns = facts.query_model(node.value)
-    return FunctionSummary(touches, ends, returns, slow)
+    return FunctionSummary(touches, ends, returns, slow, frozenset(calls))
 
 
 def _imports(tree: ast.Module) -> frozenset[str]:
@@ -195,7 +222,7 @@ def summarize_tree(tree: ast.Module, db_names: Iterable[str]) -> dict[str, Funct
         for d in defs:
             if isinstance(d, ast.FunctionDef | ast.AsyncFunctionDef):
                 out.setdefault(d.name, []).append(summarize_function(d, facts))
-    return {name: merge(items) for name, items in out.items()}
+    return propagate_ends({name: merge(items) for name, items in out.items()})
 
 
 def summarize_source(source: str, db_names: Iterable[str]) -> dict[str, FunctionSummary]:
@@ -220,6 +247,7 @@ def merge(items: Iterable[FunctionSummary]) -> FunctionSummary:
         if all(i.returns_query == first.returns_query for i in items)
         else None,
         slow=first.slow if all(i.slow == first.slow for i in items) else None,
+        calls=frozenset().union(*(i.calls for i in items)),
     )
 
 
@@ -228,4 +256,20 @@ def merge_maps(maps: Iterable[Mapping[str, FunctionSummary]]) -> dict[str, Funct
     for m in maps:
         for name, summary in m.items():
             grouped.setdefault(name, []).append(summary)
-    return {name: merge(items) for name, items in grouped.items()}
+    return propagate_ends({name: merge(items) for name, items in grouped.items()})
+
+
+def propagate_ends(summaries: dict[str, FunctionSummary]) -> dict[str, FunctionSummary]:
+    """A function that calls one that ends the transaction ends it too (``update()`` that
+    calls ``save()`` that commits). Only this fact travels further than one call: it can only
+    silence PT010, never add a finding. Iterated to a fixpoint (at most a few rounds)."""
+    for _ in range(4):
+        ending = {n for n, s in summaries.items() if s.ends_transaction}
+        changed = False
+        for name, summary in summaries.items():
+            if not summary.ends_transaction and summary.calls & ending:
+                summaries[name] = replace(summary, ends_transaction=True)
+                changed = True
+        if not changed:
+            break
+    return summaries

@@ -189,7 +189,10 @@ CASES["PT003"] = RuleCases(
         "@app.cli.command('watch')\ndef watch():\n    while True:\n        db.session.commit()\n"
         "        time.sleep(1)\n",
         # a dotted receiver resolved from the imports
-        "import models\n\n\n@rq.job\ndef t():\n    models.db.session.commit()\n",
+        "import models\n\n\n@celery.task\ndef t():\n    models.db.session.commit()\n",
+        "@click.command()\ndef load(rows):\n    for r in rows:\n        try:\n"
+        "            db.session.add(r)\n            db.session.flush()\n"
+        "        except IntegrityError:\n            pass\n",
         "from app import extensions\n\ndef f():\n    try:\n"
         "        extensions.db.session.commit()\n    except Exception:\n        pass\n",
     ],
@@ -212,6 +215,9 @@ CASES["PT003"] = RuleCases(
         # CLI commands: a failed commit raises and ends the process
         "@app.cli.command('seed')\ndef seed():\n    db.session.add(x)\n    db.session.commit()\n",
         "@click.command()\n@click.option('--n')\ndef seed(n):\n    db.session.commit()\n",
+        "@rq.job\ndef record(e):\n    db.session.add(e)\n    db.session.commit()\n",
+        "@click.command()\ndef invite():\n    try:\n        db.session.commit()\n"
+        "    except IntegrityError as e:\n        print(e)\n",
         "@manager.command\ndef create():\n    try:\n        db.session.commit()\n"
         "    except Exception as e:\n        print(e)\n        exit(1)\n",
         "class DataSource(BaseResource):\n    def post(self):\n        try:\n"
@@ -269,6 +275,9 @@ CASES["PT004"] = RuleCases(
         "def poll():\n    while True:\n        q.get()\n",
         "def f():\n    while x < 3:\n        db.session.add(x)\n",
         "def f(todo):\n    while todo:\n        db.session.add(todo.pop())\n",
+        # a search loop, not a long-running one
+        "def new_token():\n    token = True\n    while token is not None:\n"
+        "        value = make()\n        token = Token.query.filter_by(value=value).first()\n",
         "def f(rows):\n    for row in rows:\n        db.session.add(row)\n",
         "def run(consumer):\n    for message in consumer:\n        try:\n"
         "            db.session.add(E(message))\n        finally:\n"
@@ -484,5 +493,13 @@ CASES["PT010"] = RuleCases(
         "def watch():\n    while True:\n        for job in pending_jobs():\n"
         "            notify(job)\n        db.session.remove()\n        time.sleep(30)\n",
         "def f(pw):\n    u = User(password=pw)\n    u.set_password(pw)\n    db.session.add(u)\n",
+        # a model method that commits two calls down ends the transaction
+        "class CRUD:\n    def update(self, **kw):\n        return self.save()\n\n"
+        "    def save(self):\n        db.session.add(self)\n        db.session.commit()\n\n"
+        "def start(sid):\n    s = Scenario.query.get(sid)\n    s.update(status=3)\n"
+        "    os.system('terraform apply')\n",
+        "@click.command()\ndef password(email, pw):\n"
+        "    u = User.query.filter_by(email=email).first()\n"
+        "    u.hash_password(pw)\n    db.session.commit()\n",
     ],
 )

@@ -8,12 +8,14 @@ Reports, outside tests and migrations:
   SQLAlchemy / DB-API error) of a ``try`` whose body calls ``db.session.flush()`` or
   ``db.session.commit()``, when the clause neither rolls back (``rollback()``, ``close()``,
   ``remove()``) nor re-raises. In a request handler a clause that returns or aborts is left
-  alone (teardown rolls back before anything else runs);
+  alone (teardown rolls back before anything else runs), and so is one in a CLI command
+  outside a loop (the command, and its process, end next);
 * **a commit in a long-running loop** (see *long-running loop* in docs/rules/README.md) with
   no rollback path around it: one failed commit poisons the session for every later
   iteration;
-* **a commit in a worker task** (Celery / RQ / Dramatiq / Huey) with no rollback path around
-  it: a worker process outlives the task, and its thread's scoped session with it.
+* **a commit in a worker task** (Celery / Dramatiq / Huey; not RQ, whose forked work horse
+  exits with the job) with no rollback path around it: a worker process outlives the task,
+  and its thread's scoped session with it.
 
 A rollback path is a ``try`` whose ``except`` rolls back or re-raises (or whose ``finally``
 rolls back or removes the session), or a ``with`` opening a transaction scope
@@ -85,6 +87,7 @@ from pooltender.lint.base import FileContext, Finding, Rule
 from pooltender.lint.helpers import calls_in, dotted, last_name, session_method, walk
 from pooltender.lint.scopes import (
     file_kind,
+    is_cli_command,
     is_long_running,
     is_request_handler,
     is_worker,
@@ -209,6 +212,13 @@ def _raises_by_call(handler: cst.ExceptHandler | cst.ExceptStarHandler) -> bool:
     )
 
 
+def _within_function(ctx: FileContext, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.FunctionDef | cst.ClassDef | cst.Lambda):
+            return
+        yield anc
+
+
 def _swallowed(ctx: FileContext) -> Iterator[Finding]:
     for tr in ctx.nodes(cst.Try):
         writes = [
@@ -220,6 +230,9 @@ def _swallowed(ctx: FileContext) -> Iterator[Finding]:
             continue
         func = _function_of(ctx, tr)
         in_request = func is not None and is_request_handler(ctx, func)
+        in_loop = any(isinstance(a, cst.While | cst.For) for a in _within_function(ctx, tr))
+        if func is not None and is_cli_command(ctx, func) and not in_loop:
+            continue  # the command ends and the process with it: nobody reuses the session
         for handler in tr.handlers:
             if not _catches_db_errors(handler) or _reraises(handler) or _raises_by_call(handler):
                 continue

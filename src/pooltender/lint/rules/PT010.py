@@ -70,12 +70,15 @@ def watch():
 ## Fix safety
 No fix: moving work across a transaction boundary changes what the transaction sees.
 
-Test files are skipped (a test holding a connection for a moment costs nothing).
+Test files and CLI commands are skipped (a test or a one-off command holding one connection
+for a moment costs nothing: no one else waits for it).
 
 ## Known limits
 ``db.session.add()`` does not count as checking out a connection (it does not touch the
 database). Branches are followed as if both ran. Helpers are followed one level deep and by
-name; a name defined several times in the tree carries only what every definition does.
+name; a name defined several times in the tree carries only what every definition does. Only
+"ends the transaction" travels further (``obj.update()`` -> ``save()`` -> ``commit()``), and
+for any receiver: it can only silence a finding.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from pooltender.lint.base import FileContext, Finding, Rule, iter_children
-from pooltender.lint.helpers import is_model_query, session_method, walk
-from pooltender.lint.scopes import file_kind, slow_kind
+from pooltender.lint.helpers import is_model_query, last_name, session_method, walk
+from pooltender.lint.scopes import file_kind, is_cli_command, slow_kind
 from pooltender.lint.summaries import FunctionSummary
 
 CODE = "PT010"
@@ -146,6 +149,12 @@ def _classify(call: cst.Call, ctx: FileContext) -> _Event | None:
     kind = slow_kind(call)
     if kind is not None:
         return _Event("slow", call, None, kind)
+    callee = last_name(call.func)
+    ending = ctx.summaries.get(callee) if callee else None
+    if ending is not None and ending.ends_transaction:
+        # any receiver, even a generic name: treating a call as the end of the transaction
+        # can only silence a finding (model.update() -> save() -> commit)
+        return _Event("end", call, None, helper=callee)
     found = _helper(call, ctx)
     if found is not None:
         name, summary = found
@@ -153,8 +162,6 @@ def _classify(call: cst.Call, ctx: FileContext) -> _Event | None:
             return _Event("slow", call, None, f"{summary.slow} (in {name}())", name)
         if summary.holds_transaction:
             return _Event("start", call, None, helper=name)
-        if summary.touches_session and summary.ends_transaction:
-            return _Event("end", call, None, helper=name)
     return None
 
 
@@ -189,6 +196,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
     if file_kind(ctx.path, ctx.source) == "test":
         return  # a test holding a connection for a moment costs nothing
     for func in ctx.nodes(cst.FunctionDef):
+        if is_cli_command(ctx, func):
+            continue  # one process, no concurrency: nobody waits for that connection
         calls = [n for n in walk(func.body) if isinstance(n, cst.Call)]
         classified = [e for e in (_classify(c, ctx) for c in calls) if e is not None]
         if not any(e.kind == "start" for e in classified) or not any(
