@@ -100,7 +100,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule, defined by its own module (``rules/PTxxx.py``).
+    """One rule, defined by its own module (``rules/POLxxx.py``).
 
     ``triggers`` are groups of substrings: for the rule to be able to fire, each group must
     have a member in the file's text; other files are skipped without parsing for this rule.

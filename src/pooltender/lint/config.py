@@ -3,13 +3,13 @@
 Keys (all optional)::
 
     [tool.pooltender.lint]
-    select = ["PT001", "PT00"]      # codes or code prefixes; default: every rule
-    ignore = ["PT005"]              # applied after select
+    select = ["POL001", "POL00"]      # codes or code prefixes; default: every rule
+    ignore = ["POL005"]              # applied after select
     exclude = ["migrations/*"]      # globs, matched against relative paths and path parts
     db-names = ["db"]               # names of the Flask-SQLAlchemy extension object
-    pool-size-limit = 50            # PT006: a pool_size literal above this is reported
-    max-overflow-limit = 100        # PT006: a max_overflow literal above this is reported
-    relationships = ["posts"]       # PT008: extra lazy relationship names to know about
+    pool-size-limit = 50            # POL006: a pool_size literal above this is reported
+    max-overflow-limit = 100        # POL006: a max_overflow literal above this is reported
+    relationships = ["posts"]       # POL008: extra lazy relationship names to know about
     sqlalchemy-version = "1.3"      # the pinned version, when the project files do not say
     flask-sqlalchemy-version = "2.5"
 
@@ -76,11 +76,14 @@ def known_codes() -> tuple[str, ...]:
 
 
 def resolve_codes(patterns: Iterable[str], *, what: str) -> set[str]:
-    """Expand codes or prefixes (``PT00``, ``ALL``) to known codes; unknown ones are errors."""
+    """Expand codes or prefixes (``POL00``, ``ALL``; the old ``PT003`` / ``PT00`` spellings
+    too, for one release) to known codes; unknown ones are errors listing the valid codes."""
+    from pooltender.lint.rules import canonical_pattern
+
     codes = known_codes()
     out: set[str] = set()
     for raw in patterns:
-        pattern = raw.strip().upper()
+        pattern = canonical_pattern(raw.strip())
         if not pattern:
             continue
         if pattern == "ALL":
@@ -88,13 +91,16 @@ def resolve_codes(patterns: Iterable[str], *, what: str) -> set[str]:
             continue
         matched = [c for c in codes if c.startswith(pattern)]
         if not matched:
-            raise ConfigError(f"{what}: unknown rule code {raw!r} (known: {', '.join(codes)})")
+            raise ConfigError(
+                f"{what}: unknown rule code {raw!r} (valid: {', '.join(codes)}, a prefix of "
+                "them, or ALL; the old PTxxx codes are accepted as aliases)"
+            )
         out.update(matched)
     return out
 
 
 def split_codes(values: Iterable[str]) -> list[str]:
-    """``["PT001,PT002", "PT003"]`` -> ``["PT001", "PT002", "PT003"]``."""
+    """``["POL001,POL002", "POL003"]`` -> ``["POL001", "POL002", "POL003"]``."""
     return [c for v in values for c in v.replace(" ", ",").split(",") if c]
 
 
@@ -204,7 +210,9 @@ def load_config(
     selected -= resolve_codes(
         [*_str_list(table, "ignore", origin), *split_codes(ignore)], what="ignore"
     )
-    explicit = {p.strip().upper() for p in select_patterns} & set(known_codes())
+    from pooltender.lint.rules import canonical_pattern
+
+    explicit = {canonical_pattern(p.strip()) for p in select_patterns} & set(known_codes())
     excludes = tuple(_str_list(table, "exclude", origin)) or DEFAULT_EXCLUDE
     excludes += tuple(_str_list(table, "extend-exclude", origin)) + tuple(exclude)
     db_names = check_db_names(_str_list(table, "db-names", origin), origin) or ("db",)

@@ -3,16 +3,16 @@
 Contract:
 
 * Never raises on file content. A file that cannot be read, decoded or parsed is reported as
-  **PT000**; an exception inside a rule (a bug of ours) is reported as **PT999** and the other
+  **POL000**; an exception inside a rule (a bug of ours) is reported as **POL999** and the other
   rules still run -- so a crash is countable, which the standard-library test does.
 * Parse once: a file is parsed with libcst only when at least one selected rule's trigger text
   occurs in it; other files are only syntax-checked with :func:`compile` (C speed), which is
   what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off (tests).
 * Fixes: the applicable fixes of a pass are applied together when their ranges do not overlap,
   the result is re-parsed and re-linted, up to :data:`MAX_FIX_PASSES`; a fix whose output does
-  not parse is discarded and reported as PT999. Only ``safe`` fixes apply unless
+  not parse is discarded and reported as POL999. Only ``safe`` fixes apply unless
   ``unsafe_fixes``; suppressed (``# noqa``) findings are never fixed.
-* Project-wide facts (relationship names for PT008) come from one text scan of all files
+* Project-wide facts (relationship names for POL008) come from one text scan of all files
   before linting, so results do not depend on the order or grouping of files.
 """
 
@@ -35,10 +35,11 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violation
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
-from pooltender.lint.rules import ALL_CODES, RULES, engine_code_severity
+from pooltender.lint.rules import ALIASES, ALL_CODES, RULES, engine_code_severity
 from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
 
 MAX_FIX_PASSES = 10
+_KNOWN = frozenset(ALL_CODES)
 PARALLEL_MIN_FILES = 16
 
 
@@ -88,7 +89,7 @@ class LintReport:
 
     @property
     def crashes(self) -> list[Violation]:
-        return [v for v in self.violations if v.code == "PT999"]
+        return [v for v in self.violations if v.code == "POL999"]
 
 
 # -- discovery -------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def _syntax_violation(path: str, exc: Exception) -> Violation:
         message = exc.msg
     else:
         message = f"{type(exc).__name__}: {exc}"
-    return Violation(path, max(line, 1), max(col, 1), "PT000", f"syntax error: {message}")
+    return Violation(path, max(line, 1), max(col, 1), "POL000", f"syntax error: {message}")
 
 
 def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, Violation | None]:
@@ -240,7 +241,7 @@ def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, V
                 return None, None
             return cst.parse_module(source), None
     except RecursionError:
-        return None, Violation(path, 1, 1, "PT000", "syntax error: nesting too deep to parse")
+        return None, Violation(path, 1, 1, "POL000", "syntax error: nesting too deep to parse")
     except (SyntaxError, ValueError, cst.ParserSyntaxError) as exc:
         return None, _syntax_violation(path, exc)
     except Exception as exc:  # libcst raises a few others on exotic input
@@ -272,7 +273,7 @@ def _analyze(
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
     if error is not None:
-        if "PT000" in config.select:
+        if "POL000" in config.select:
             violations.append(error)
         return _Analysis(violations, fixes, None, None)
     ctx = None
@@ -283,10 +284,10 @@ def _analyze(
             try:
                 found.extend((f, rule.severity) for f in rule.check(ctx))
             except Exception as exc:  # a bug of ours: report, keep going
-                if "PT999" in config.select:
+                if "POL999" in config.select:
                     detail = f"{type(exc).__name__}: {exc}"[:200]
                     violations.append(
-                        Violation(path, 1, 1, "PT999", f"internal error in {rule.code}: {detail}")
+                        Violation(path, 1, 1, "POL999", f"internal error in {rule.code}: {detail}")
                     )
     for finding, severity in found:
         try:
@@ -296,7 +297,7 @@ def _analyze(
         except Exception as exc:  # position metadata failed: still report, at the top
             rng = None
             detail = f"{type(exc).__name__}: {exc}"[:200]
-            violations.append(Violation(path, 1, 1, "PT999", f"internal error: {detail}"))
+            violations.append(Violation(path, 1, 1, "POL999", f"internal error: {detail}"))
         line, col, end_line, end_col = (1, 1, 1, 1)
         if rng is not None:
             line, col = rng.start.line, rng.start.column + 1
@@ -324,7 +325,7 @@ def _analyze(
 def _apply_noqa(
     source: str, path: str, violations: list[Violation], config: LintConfig
 ) -> list[Violation]:
-    directives = find_directives(source, frozenset(ALL_CODES))
+    directives = find_directives(source, _KNOWN, ALIASES)
     if not directives:
         return violations
     by_line = {d.line: d for d in directives}
@@ -338,23 +339,23 @@ def _apply_noqa(
         kept.append(v)
     for d in directives:
         if d.malformed is not None:
-            if "PT901" in config.select:
+            if "POL901" in config.select:
                 kept.append(
                     Violation(
-                        path, d.line, d.col, "PT901", f"malformed noqa directive: {d.malformed}"
+                        path, d.line, d.col, "POL901", f"malformed noqa directive: {d.malformed}"
                     )
                 )
         elif d.codes:
             unused = sorted(c for c in d.codes - used.get(d.line, set()) if c in config.select)
-            if unused and "PT900" in config.select:
+            if unused and "POL900" in config.select:
                 kept.append(
                     Violation(
                         path,
                         d.line,
                         d.col,
-                        "PT900",
+                        "POL900",
                         f"unused noqa directive for {', '.join(unused)} (nothing reported here)",
-                        severity=engine_code_severity("PT900"),
+                        severity=engine_code_severity("POL900"),
                     )
                 )
     return kept
@@ -427,7 +428,7 @@ def lint_source(
         try:
             cst.parse_module(new_source)
         except Exception:
-            bad = Violation(path, 1, 1, "PT999", "internal error: a fix produced unparsable code")
+            bad = Violation(path, 1, 1, "POL999", "internal error: a fix produced unparsable code")
             analysis.violations.append(bad)
             break
         source = new_source
@@ -441,7 +442,7 @@ def lint_source(
         lines=_count_lines(source),
         fixes_applied=applied,
         fixed_source=source if source != original else None,
-        crashed=any(v.code == "PT999" for v in analysis.violations),
+        crashed=any(v.code == "POL999" for v in analysis.violations),
         notes=tuple(sorted(notes)),
     )
 
@@ -464,8 +465,8 @@ def lint_file(
     text, encoding, error = read_text(path)
     if text is None:
         violations: tuple[Violation, ...] = ()
-        if "PT000" in config.select:
-            violations = (Violation(shown, 1, 1, "PT000", error or "cannot read file"),)
+        if "POL000" in config.select:
+            violations = (Violation(shown, 1, 1, "POL000", error or "cannot read file"),)
         return FileResult(shown, violations)
     try:
         result = lint_source(
@@ -479,7 +480,7 @@ def lint_file(
             all_rules=all_rules,
         )
     except Exception as exc:  # last line of defence: never crash the run
-        crash = Violation(shown, 1, 1, "PT999", f"internal error: {type(exc).__name__}: {exc}")
+        crash = Violation(shown, 1, 1, "POL999", f"internal error: {type(exc).__name__}: {exc}")
         return FileResult(shown, (crash,), _count_lines(text), crashed=True)
     if result.fixed_source is not None:
         with open(path, "w", encoding=encoding, newline="") as out:
@@ -515,7 +516,7 @@ def lint_paths(
         text, _, _ = read_text(f)
         if text is None:
             continue
-        if "PT008" in config.select:
+        if "POL008" in config.select:
             rels.update(scan_relationships(text))
         if _SUMMARY_WORDS.search(text):
             per_file.append(summarize_source(text, config.db_names))

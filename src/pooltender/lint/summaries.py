@@ -5,8 +5,8 @@ next to libcst) and every ``def`` is summarised: does it touch ``db.session`` or
 ``query`` property, does it end the transaction it may have opened (commit / rollback / remove
 / close), does it return a query (of which model), does it do slow work (sleep, HTTP, hashing,
 cloud storage, subprocess; :mod:`pooltender.lint.scopes`). Rules then see one call away:
-PT010 counts ``poll_jobs()`` as opening a transaction when ``poll_jobs`` queries and does not
-end it, and ``hash_it()`` as slow when ``hash_it`` hashes; PT008 iterates ``recent_posts()`` as
+POL010 counts ``poll_jobs()`` as opening a transaction when ``poll_jobs`` queries and does not
+end it, and ``hash_it()`` as slow when ``hash_it`` hashes; POL008 iterates ``recent_posts()`` as
 rows of ``Post`` when it returns ``Post.query...``.
 
 Names are resolved by the function's own name only (``helper()``, ``mod.helper()``,
@@ -159,7 +159,8 @@ class _Facts:
 
 def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterable[ast.AST]:
     """The function's nodes, not entering nested defs, lambdas or classes."""
-    stack: list[ast.AST] = list(func.body)
+    nested = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
+    stack: list[ast.AST] = [n for n in func.body if not isinstance(n, nested)]
     while stack:
         node = stack.pop()
         yield node
@@ -262,7 +263,7 @@ def merge_maps(maps: Iterable[Mapping[str, FunctionSummary]]) -> dict[str, Funct
 def propagate_ends(summaries: dict[str, FunctionSummary]) -> dict[str, FunctionSummary]:
     """A function that calls one that ends the transaction ends it too (``update()`` that
     calls ``save()`` that commits). Only this fact travels further than one call: it can only
-    silence PT010, never add a finding. Iterated to a fixpoint (at most a few rounds)."""
+    silence POL010, never add a finding. Iterated to a fixpoint (at most a few rounds)."""
     for _ in range(4):
         ending = {n for n, s in summaries.items() if s.ends_transaction}
         changed = False

@@ -24,7 +24,7 @@ class RuleCases:
 
 CASES: dict[str, RuleCases] = {}
 
-CASES["PT001"] = RuleCases(
+CASES["POL001"] = RuleCases(
     fail=[
         "def f():\n    s = Session(bind=db.engine)\n    s.commit()\n",
         "session = Session(db.engine)\n",
@@ -89,10 +89,10 @@ _END_OF_WORK = (
     "def get_user():\n    user = db.session.get(User, 1)\n    db.session.close()\n    return user\n"
 )
 
-# Issue 11 changed PT002's intent: a close() at the end of a unit of work (or before slow or
+# Issue 11 changed POL002's intent: a close() at the end of a unit of work (or before slow or
 # long-lived work) is deliberate and no longer reported; only redundant ones and closes that
 # cut a unit of work in two are.
-CASES["PT002"] = RuleCases(
+CASES["POL002"] = RuleCases(
     fail=[
         "def teardown(exc):\n    db.session.remove()\n    db.session.close()\n",
         "def teardown(exc):\n    db.session.close()\n    db.session.remove()\n",
@@ -159,9 +159,9 @@ CASES["PT002"] = RuleCases(
     ],
 )
 
-# Issue 11 changed PT003's intent: a commit in a plain helper or a request handler is no longer
+# Issue 11 changed POL003's intent: a commit in a plain helper or a request handler is no longer
 # a finding (teardown rolls back); swallowed errors, loops, workers and CLI commands are.
-CASES["PT003"] = RuleCases(
+CASES["POL003"] = RuleCases(
     fail=[
         # the swallowed-error pattern: the loop carries on with a failed session
         "def seed(rows):\n    for row in rows:\n        try:\n"
@@ -240,7 +240,7 @@ CASES["PT003"] = RuleCases(
     ],
 )
 
-CASES["PT004"] = RuleCases(
+CASES["POL004"] = RuleCases(
     fail=[
         # the whole loop inside one app context: the session lives across messages
         "def consume():\n    with app.app_context():\n        while True:\n"
@@ -290,7 +290,7 @@ CASES["PT004"] = RuleCases(
     ],
 )
 
-CASES["PT005"] = RuleCases(
+CASES["POL005"] = RuleCases(
     fail=[
         "@app.get('/r')\ndef create_report():\n    engine = create_engine(URL)\n",
         "@bp.route('/r')\ndef report():\n    return sa.create_engine(URL).connect()\n",
@@ -307,7 +307,7 @@ CASES["PT005"] = RuleCases(
     ],
 )
 
-CASES["PT006"] = RuleCases(
+CASES["POL006"] = RuleCases(
     fail=[
         "engine = create_engine(URL, pool_size=200)\n",
         "engine = create_engine(URL, max_overflow=500)\n",
@@ -324,7 +324,7 @@ CASES["PT006"] = RuleCases(
     ],
 )
 
-CASES["PT007"] = RuleCases(
+CASES["POL007"] = RuleCases(
     fail=[
         "engine = create_engine('mysql+pymysql://u@h/db')\n",
         "engine = create_engine(url='mysql://u@h/db', pool_size=5)\n",
@@ -357,7 +357,7 @@ _MODELS = (
     "    roles = relationship('Role', lazy='selectin')\n\n"
 )
 
-CASES["PT008"] = RuleCases(
+CASES["POL008"] = RuleCases(
     fail=[
         "for user in User.query.all():\n    for p in user.posts:\n        print(p)\n",
         "def f():\n    users = User.query.filter_by(active=True).all()\n"
@@ -393,7 +393,7 @@ CASES["PT008"] = RuleCases(
 
 # The table runs with SQLAlchemy 2.0 / Flask-SQLAlchemy 3.1 pinned; older pins and unpinned
 # projects are in test_versions.py.
-CASES["PT009"] = RuleCases(
+CASES["POL009"] = RuleCases(
     fail=[
         "user = User.query.get(1)\n",
         "order = db.session.query(Order).get(order_id)\n",
@@ -441,7 +441,7 @@ CASES["PT009"] = RuleCases(
     config={"pins": Pins((2, 0), (3, 1), "cases.py")},
 )
 
-CASES["PT010"] = RuleCases(
+CASES["POL010"] = RuleCases(
     fail=[
         "def login(e, pw):\n    user = User.query.filter_by(email=e).first()\n"
         "    PasswordHasher().verify(user.h, pw)\n    db.session.commit()\n",
@@ -493,6 +493,9 @@ CASES["PT010"] = RuleCases(
         "def watch():\n    while True:\n        for job in pending_jobs():\n"
         "            notify(job)\n        db.session.remove()\n        time.sleep(30)\n",
         "def f(pw):\n    u = User(password=pw)\n    u.set_password(pw)\n    db.session.add(u)\n",
+        # the failure branch queries and raises: the code after it runs without a transaction
+        "def login(pw, user):\n    if user is None:\n        Failure.query.first()\n"
+        "        raise Unauthorized()\n    return bcrypt.hashpw(pw, salt)\n",
         # a model method that commits two calls down ends the transaction
         "class CRUD:\n    def update(self, **kw):\n        return self.save()\n\n"
         "    def save(self):\n        db.session.add(self)\n        db.session.commit()\n\n"

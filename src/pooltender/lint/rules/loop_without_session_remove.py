@@ -1,4 +1,4 @@
-"""PT004 loop-without-session-remove: a long-running loop or consumer callback using
+"""POL004 loop-without-session-remove: a long-running loop or consumer callback using
 ``db.session`` without ``db.session.remove()`` in a ``finally`` per iteration.
 
 ## What it does
@@ -70,7 +70,7 @@ from pooltender.lint.helpers import (
 )
 from pooltender.lint.scopes import is_long_running, loop_description
 
-CODE = "PT004"
+CODE = "POL004"
 NAME = "loop-without-session-remove"
 SUMMARY = "long-running loop or consumer callback uses db.session without remove() per iteration"
 

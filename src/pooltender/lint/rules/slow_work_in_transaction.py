@@ -1,4 +1,4 @@
-"""PT010 slow-work-in-transaction: slow work while ``db.session`` holds a connection,
+"""POL010 slow-work-in-transaction: slow work while ``db.session`` holds a connection,
 directly or one call away.
 
 ## What it does
@@ -75,7 +75,8 @@ for a moment costs nothing: no one else waits for it).
 
 ## Known limits
 ``db.session.add()`` does not count as checking out a connection (it does not touch the
-database). Branches are followed as if both ran. Helpers are followed one level deep and by
+database). Branches are followed as if both ran, except that a branch ending in ``return`` or
+``raise`` does not carry its state to the code after it. Helpers are followed one level deep and by
 name; a name defined several times in the tree carries only what every definition does. Only
 "ends the transaction" travels further (``obj.update()`` -> ``save()`` -> ``commit()``), and
 for any receiver: it can only silence a finding.
@@ -93,7 +94,7 @@ from pooltender.lint.helpers import is_model_query, last_name, session_method, w
 from pooltender.lint.scopes import file_kind, is_cli_command, slow_kind
 from pooltender.lint.summaries import FunctionSummary
 
-CODE = "PT010"
+CODE = "POL010"
 NAME = "slow-work-in-transaction"
 SUMMARY = (
     "sleep, HTTP call, password hashing, cloud upload or subprocess while db.session holds a "
@@ -112,7 +113,7 @@ _GENERIC = frozenset(
 
 @dataclass(frozen=True)
 class _Event:
-    kind: str  # "start", "end", "slow"
+    kind: str  # "start", "end", "slow"; "save" / "restore" bracket a block that returns
     call: cst.Call
     loop: cst.While | cst.For | None
     what: str = ""
@@ -165,12 +166,35 @@ def _classify(call: cst.Call, ctx: FileContext) -> _Event | None:
     return None
 
 
+def _terminates(block: cst.CSTNode) -> bool:
+    """A block whose last statement returns or raises: its effects do not reach what follows."""
+    if not isinstance(block, cst.IndentedBlock) or not block.body:
+        return False
+    last = block.body[-1]
+    return isinstance(last, cst.SimpleStatementLine) and any(
+        isinstance(s, cst.Return | cst.Raise) for s in last.body
+    )
+
+
+_SAVE, _RESTORE = cst.Pass(), cst.Pass()  # markers on the walk's stack (identity-compared)
+
+
 def _events(node: cst.CSTNode, ctx: FileContext) -> Iterator[_Event]:
-    """Events in evaluation-ish order, each with its innermost loop; loop bodies twice."""
+    """Events in evaluation-ish order, each with its innermost loop; loop bodies twice. A block
+    that ends in ``return``/``raise`` is bracketed by "save"/"restore" events, so the state it
+    leaves does not flow into the statements after it."""
     stack: list[tuple[cst.CSTNode, cst.While | cst.For | None]] = [(node, None)]
     while stack:
         current, loop = stack.pop()
+        if current is _SAVE or current is _RESTORE:
+            yield _Event("save" if current is _SAVE else "restore", cst.Call(cst.Name("_")), loop)
+            continue
         if isinstance(current, cst.FunctionDef | cst.Lambda | cst.ClassDef) and current is not node:
+            continue
+        if current is not node and _terminates(current):
+            stack.append((_RESTORE, loop))
+            stack.extend((c, loop) for c in reversed(list(iter_children(current))))
+            stack.append((_SAVE, loop))
             continue
         if isinstance(current, cst.Call):
             event = _classify(current, ctx)
@@ -205,8 +229,15 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         ):
             continue  # nothing to hold or nothing slow: skip the loop-doubling walk
         holding: _Event | None = None
+        saved: list[_Event | None] = []
         reported: set[int] = set()
         for event in _events(func.body, ctx):
+            if event.kind == "save":
+                saved.append(holding)
+                continue
+            if event.kind == "restore":
+                holding = saved.pop() if saved else holding
+                continue
             if event.kind == "start":
                 holding = holding or event
                 continue

@@ -1,4 +1,4 @@
-"""PT008 n-plus-one: a lazy relationship touched inside a loop over query results.
+"""POL008 n-plus-one: a lazy relationship touched inside a loop over query results.
 
 ## What it does
 Reports ``for row in <query>:`` loops where ``<query>`` (directly, or a name assigned from it
@@ -53,7 +53,7 @@ from pooltender.lint.helpers import is_db_session, is_model_query, last_name, wa
 from pooltender.lint.scopes import file_kind
 from pooltender.lint.summaries import FunctionSummary
 
-CODE = "PT008"
+CODE = "POL008"
 NAME = "n-plus-one"
 SUMMARY = "lazy relationship touched inside a loop over query results (N+1 queries)"
 

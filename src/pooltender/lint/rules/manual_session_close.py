@@ -1,4 +1,4 @@
-"""PT002 manual-session-close: a ``db.session.close()`` that does nothing or cuts a unit of
+"""POL002 manual-session-close: a ``db.session.close()`` that does nothing or cuts a unit of
 work in two.
 
 ## What it does
@@ -74,7 +74,7 @@ from pooltender.lint.helpers import (
 )
 from pooltender.lint.scopes import is_long_running, slow_kind
 
-CODE = "PT002"
+CODE = "POL002"
 NAME = "manual-session-close"
 SUMMARY = "db.session.close() next to remove() (redundant) or in the middle of a unit of work"
 

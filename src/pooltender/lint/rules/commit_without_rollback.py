@@ -1,4 +1,4 @@
-"""PT003 commit-without-rollback: a failed write left without a rollback where nothing else
+"""POL003 commit-without-rollback: a failed write left without a rollback where nothing else
 will clean up.
 
 ## What it does
@@ -93,7 +93,7 @@ from pooltender.lint.scopes import (
     is_worker,
 )
 
-CODE = "PT003"
+CODE = "POL003"
 NAME = "commit-without-rollback"
 SUMMARY = (
     "failed write left without rollback: a swallowed flush/commit error, or a commit in a "

@@ -1,4 +1,4 @@
-"""PT009 legacy-query-get: ``Query.get()`` instead of ``Session.get()``, where the project's
+"""POL009 legacy-query-get: ``Query.get()`` instead of ``Session.get()``, where the project's
 pinned versions have ``Session.get()``.
 
 ## What it does
@@ -48,7 +48,7 @@ from pooltender.lint.base import FileContext, Finding, Fix, Rule
 from pooltender.lint.helpers import dotted, is_db_session, is_model_query, model_of_query
 from pooltender.lint.versions import show
 
-CODE = "PT009"
+CODE = "POL009"
 NAME = "legacy-query-get"
 SUMMARY = "legacy Query.get(); use db.session.get(Model, id) (SQLAlchemy >= 1.4)"
 
