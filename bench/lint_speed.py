@@ -4,7 +4,7 @@
 
 Lints every ``*.py`` under ``sysconfig.get_paths()["stdlib"]`` (``site-packages`` excluded)
 with every rule selected and reports files, lines, wall seconds, lines per second and the
-number of internal errors (PT999, must be 0). Two modes:
+number of internal errors (POL999, must be 0). Two modes:
 
 * default -- what the CLI does: a file is parsed with libcst only when a selected rule's
   trigger text occurs in it, other files are syntax-checked with ``compile`` (C speed);
@@ -42,7 +42,7 @@ def main() -> int:
     print(f"mode: {mode}; path: {args.path}")
     print(f"files: {report.files}  lines: {report.lines}  seconds: {seconds:.1f}")
     print(f"lines/s: {report.lines / seconds:,.0f}")
-    print(f"internal errors (PT999): {len(report.crashes)}")
+    print(f"internal errors (POL999): {len(report.crashes)}")
     return 1 if report.crashes else 0
 
 

@@ -40,7 +40,7 @@ class LintOutcome:
 
     @property
     def failing(self) -> list[Violation]:
-        """Errors, plus warnings (PT900) only when their code was selected by name."""
+        """Errors, plus warnings (POL900) only when their code was selected by name."""
         return [
             v
             for v in self.violations
@@ -123,7 +123,7 @@ def register(main: click.Group) -> None:
         """Find (and with --fix, fix) SQLAlchemy / Flask-SQLAlchemy session and pool misuse.
 
         Prints `path:line:col: CODE message` sorted; exit 1 when something is found, 0 when
-        clean, 2 on usage error. Suppress a line with `# noqa: PT001`. Rules:
+        clean, 2 on usage error. Suppress a line with `# noqa: POL001`. Rules:
         docs/rules/README.md.
         """
         outcome = lint(
@@ -144,5 +144,7 @@ def register(main: click.Group) -> None:
         fixable = sum(1 for v in outcome.violations if v.fix_safety is not None)
         if fixable:
             summary += f", {fixable} fixable (--fix; unsafe ones need --unsafe-fixes)"
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(summary, err=True)
         raise SystemExit(outcome.exit_code)

@@ -21,6 +21,33 @@ from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 if TYPE_CHECKING:
     from pooltender.lint.config import LintConfig
+    from pooltender.lint.summaries import FunctionSummary
+
+
+def _alias_name(alias: cst.ImportAlias, *, root: bool) -> str:
+    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+        return alias.asname.name.value
+    node: cst.BaseExpression = alias.name
+    if root:
+        while isinstance(node, cst.Attribute):
+            node = node.value
+    elif isinstance(node, cst.Attribute):
+        return node.attr.value
+    return node.value if isinstance(node, cst.Name) else ""
+
+
+def _target_names(node: cst.CSTNode) -> set[str]:
+    if isinstance(node, cst.Name):
+        return {node.value}
+    if isinstance(node, cst.Tuple | cst.List):
+        out: set[str] = set()
+        for element in node.elements:
+            out |= _target_names(element.value)
+        return out
+    if isinstance(node, cst.StarredElement):
+        return _target_names(node.value)
+    return set()
+
 
 Severity = Literal["error", "warning"]
 FixSafety = Literal["safe", "unsafe"]
@@ -73,7 +100,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule, defined by its own module (``rules/PTxxx.py``).
+    """One rule, defined by its own module (``rules/POLxxx.py``).
 
     ``triggers`` are groups of substrings: for the rule to be able to fire, each group must
     have a member in the file's text; other files are skipped without parsing for this rule.
@@ -88,10 +115,38 @@ class Rule:
     triggers: tuple[tuple[str, ...], ...]
     fix: FixSafety | None = None
     severity: Severity = "error"
+    #: for rules that see through helpers: the trigger groups given the project's summaries
+    #: (each group extended with the names of the functions that can stand in for it)
+    helper_triggers: (
+        Callable[[Mapping[str, FunctionSummary]], tuple[tuple[str, ...], ...]] | None
+    ) = None
 
-    def could_fire(self, source: str) -> bool:
+    def could_fire(
+        self, source: str, summaries: Mapping[str, FunctionSummary] | None = None
+    ) -> bool:
         """Every group of ``triggers`` has a member in ``source``."""
-        return all(any(t in source for t in group) for group in self.triggers)
+        groups = self.triggers
+        if self.helper_triggers is not None and summaries:
+            groups = _cached_triggers(self, summaries)
+        return all(any(t in source for t in group) for group in groups)
+
+
+_TRIGGER_CACHE: dict[tuple[str, int], tuple[Mapping[str, object], tuple[tuple[str, ...], ...]]] = {}
+
+
+def _cached_triggers(
+    rule: Rule, summaries: Mapping[str, FunctionSummary]
+) -> tuple[tuple[str, ...], ...]:
+    key = (rule.code, id(summaries))
+    hit = _TRIGGER_CACHE.get(key)
+    if hit is not None and hit[0] is summaries:
+        return hit[1]
+    assert rule.helper_triggers is not None
+    groups = rule.helper_triggers(summaries)
+    if len(_TRIGGER_CACHE) > 64:
+        _TRIGGER_CACHE.clear()
+    _TRIGGER_CACHE[key] = (summaries, groups)
+    return groups
 
 
 # Fields that only hold whitespace, brackets and punctuation: never walked (no rule reads
@@ -176,6 +231,7 @@ class FileContext:
         module: cst.Module,
         config: LintConfig,
         relationships: Mapping[str, bool] | None = None,
+        summaries: Mapping[str, FunctionSummary] | None = None,
     ) -> None:
         self.path = path
         self.source = source
@@ -183,8 +239,60 @@ class FileContext:
         self.config = config
         #: relationship attribute name -> True when it loads lazily (the N+1 kind)
         self.relationships: Mapping[str, bool] = relationships or {}
+        #: project-wide per-function summaries (pooltender.lint.summaries), by function name
+        self.summaries: Mapping[str, FunctionSummary] = summaries or {}
         self._index: _Indexer | None = None
         self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+        #: one-line reasons a rule skipped a finding or a fix (printed once per run)
+        self.notes: set[str] = set()
+        self._imports: frozenset[str] | None = None
+        self._bound: frozenset[str] | None = None
+
+    def note(self, text: str) -> None:
+        self.notes.add(text)
+
+    @property
+    def imports(self) -> frozenset[str]:
+        """Names bound by ``import`` / ``from ... import`` anywhere in the module."""
+        if self._imports is None:
+            names: set[str] = set()
+            for imp in self.nodes(cst.Import):
+                for alias in imp.names:
+                    names.add(_alias_name(alias, root=True))
+            for imp_from in self.nodes(cst.ImportFrom):
+                if isinstance(imp_from.names, Sequence):
+                    names.update(_alias_name(alias, root=False) for alias in imp_from.names)
+            self._imports = frozenset(names)
+        return self._imports
+
+    @property
+    def bound_names(self) -> frozenset[str]:
+        """Every name the module binds anywhere: imports, assignment targets, defs, classes,
+        parameters, ``for`` / ``with ... as`` / ``except ... as`` targets. A fix may only
+        introduce a name from this set (else the fix would add an undefined name)."""
+        if self._bound is None:
+            names: set[str] = set(self.imports)
+            for target_type in (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For):
+                for node in self.nodes(target_type):
+                    target = getattr(node, "target", None)
+                    if target is not None:
+                        names.update(_target_names(target))
+            for func in self.nodes(cst.FunctionDef):
+                names.add(func.name.value)
+                params = func.params
+                for param in [*params.posonly_params, *params.params, *params.kwonly_params]:
+                    names.add(param.name.value)
+                for star in (params.star_arg, params.star_kwarg):
+                    if isinstance(star, cst.Param):
+                        names.add(star.name.value)
+            for cls in self.nodes(cst.ClassDef):
+                names.add(cls.name.value)
+            for as_name in self.nodes(cst.AsName):
+                names.update(_target_names(as_name.name))
+            for walrus in self.nodes(cst.NamedExpr):
+                names.update(_target_names(walrus.target))
+            self._bound = frozenset(names)
+        return self._bound
 
     def _idx(self) -> _Indexer:
         if self._index is None:

@@ -3,13 +3,19 @@
 Keys (all optional)::
 
     [tool.pooltender.lint]
-    select = ["PT001", "PT00"]      # codes or code prefixes; default: every rule
-    ignore = ["PT005"]              # applied after select
+    select = ["POL001", "POL00"]      # codes or code prefixes; default: every rule
+    ignore = ["POL005"]              # applied after select
     exclude = ["migrations/*"]      # globs, matched against relative paths and path parts
     db-names = ["db"]               # names of the Flask-SQLAlchemy extension object
-    pool-size-limit = 50            # PT006: a pool_size literal above this is reported
-    max-overflow-limit = 100        # PT006: a max_overflow literal above this is reported
-    relationships = ["posts"]       # PT008: extra lazy relationship names to know about
+    pool-size-limit = 50            # POL006: a pool_size literal above this is reported
+    max-overflow-limit = 100        # POL006: a max_overflow literal above this is reported
+    relationships = ["posts"]       # POL008: extra lazy relationship names to know about
+    sqlalchemy-version = "1.3"      # the pinned version, when the project files do not say
+    flask-sqlalchemy-version = "2.5"
+
+``db-names`` entries are identifiers (``db``) or dotted paths of identifiers
+(``extensions.db``); anything else (``db.session``, ``app.db()``, ``""``) cannot name the
+extension object and is a :class:`ConfigError` rather than a silently ignored entry.
 
 An unknown key, a wrong type or an unknown code is a :class:`ConfigError` (exit 2 on the CLI):
 a typo in a linter's configuration silently disabling a rule is the failure this prevents.
@@ -17,11 +23,14 @@ a typo in a linter's configuration silently disabling a rule is the failure this
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from pooltender.lint.versions import Pins, parse_version, read_pins
 
 DEFAULT_EXCLUDE = (
     ".git",
@@ -56,6 +65,7 @@ class LintConfig:
     pool_size_limit: int = 50
     max_overflow_limit: int = 100
     relationships: tuple[str, ...] = ()
+    pins: Pins = field(default_factory=Pins)
     source: str | None = field(default=None, compare=False)
 
 
@@ -66,11 +76,14 @@ def known_codes() -> tuple[str, ...]:
 
 
 def resolve_codes(patterns: Iterable[str], *, what: str) -> set[str]:
-    """Expand codes or prefixes (``PT00``, ``ALL``) to known codes; unknown ones are errors."""
+    """Expand codes or prefixes (``POL00``, ``ALL``; the old ``PT003`` / ``PT00`` spellings
+    too, for one release) to known codes; unknown ones are errors listing the valid codes."""
+    from pooltender.lint.rules import canonical_pattern
+
     codes = known_codes()
     out: set[str] = set()
     for raw in patterns:
-        pattern = raw.strip().upper()
+        pattern = canonical_pattern(raw.strip())
         if not pattern:
             continue
         if pattern == "ALL":
@@ -78,13 +91,16 @@ def resolve_codes(patterns: Iterable[str], *, what: str) -> set[str]:
             continue
         matched = [c for c in codes if c.startswith(pattern)]
         if not matched:
-            raise ConfigError(f"{what}: unknown rule code {raw!r} (known: {', '.join(codes)})")
+            raise ConfigError(
+                f"{what}: unknown rule code {raw!r} (valid: {', '.join(codes)}, a prefix of "
+                "them, or ALL; the old PTxxx codes are accepted as aliases)"
+            )
         out.update(matched)
     return out
 
 
 def split_codes(values: Iterable[str]) -> list[str]:
-    """``["PT001,PT002", "PT003"]`` -> ``["PT001", "PT002", "PT003"]``."""
+    """``["POL001,POL002", "POL003"]`` -> ``["POL001", "POL002", "POL003"]``."""
     return [c for v in values for c in v.replace(" ", ",").split(",") if c]
 
 
@@ -107,7 +123,35 @@ _KEYS = {
     "pool-size-limit",
     "max-overflow-limit",
     "relationships",
+    "sqlalchemy-version",
+    "flask-sqlalchemy-version",
 }
+
+_DB_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def check_db_names(names: Iterable[str], origin: str) -> tuple[str, ...]:
+    """Validate ``db-names``: each entry must be usable as the extension object's name."""
+    out = []
+    for name in names:
+        if not _DB_NAME.match(name) or name.split(".")[-1] in ("session", "query", "engine"):
+            raise ConfigError(
+                f"{origin}: db-names entry {name!r} cannot name a Flask-SQLAlchemy extension "
+                "object: give an identifier (db) or a dotted path of identifiers "
+                "(extensions.db), not an expression or its .session"
+            )
+        out.append(name)
+    return tuple(out)
+
+
+def _version_key(table: Mapping[str, Any], key: str, origin: str) -> tuple[int, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    parsed = parse_version(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise ConfigError(f'{origin}: {key} must be a version string such as "1.4", got {value!r}')
+    return parsed
 
 
 def _str_list(table: Mapping[str, Any], key: str, origin: str) -> list[str]:
@@ -166,10 +210,21 @@ def load_config(
     selected -= resolve_codes(
         [*_str_list(table, "ignore", origin), *split_codes(ignore)], what="ignore"
     )
-    explicit = {p.strip().upper() for p in select_patterns} & set(known_codes())
+    from pooltender.lint.rules import canonical_pattern
+
+    explicit = {canonical_pattern(p.strip()) for p in select_patterns} & set(known_codes())
     excludes = tuple(_str_list(table, "exclude", origin)) or DEFAULT_EXCLUDE
     excludes += tuple(_str_list(table, "extend-exclude", origin)) + tuple(exclude)
-    db_names = tuple(_str_list(table, "db-names", origin)) or ("db",)
+    db_names = check_db_names(_str_list(table, "db-names", origin), origin) or ("db",)
+    pins = read_pins(search_from or Path.cwd())
+    sa_override = _version_key(table, "sqlalchemy-version", origin)
+    fsa_override = _version_key(table, "flask-sqlalchemy-version", origin)
+    if sa_override or fsa_override:
+        pins = Pins(
+            sa_override or pins.sqlalchemy,
+            fsa_override or pins.flask_sqlalchemy,
+            f"{origin} [tool.pooltender.lint]",
+        )
     return LintConfig(
         select=frozenset(selected),
         explicitly_selected=frozenset(explicit),
@@ -178,6 +233,7 @@ def load_config(
         pool_size_limit=_int(table, "pool-size-limit", 50, origin),
         max_overflow_limit=_int(table, "max-overflow-limit", 100, origin),
         relationships=tuple(_str_list(table, "relationships", origin)),
+        pins=pins,
         source=origin,
     )
 

@@ -3,16 +3,16 @@
 Contract:
 
 * Never raises on file content. A file that cannot be read, decoded or parsed is reported as
-  **PT000**; an exception inside a rule (a bug of ours) is reported as **PT999** and the other
+  **POL000**; an exception inside a rule (a bug of ours) is reported as **POL999** and the other
   rules still run -- so a crash is countable, which the standard-library test does.
 * Parse once: a file is parsed with libcst only when at least one selected rule's trigger text
   occurs in it; other files are only syntax-checked with :func:`compile` (C speed), which is
   what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off (tests).
 * Fixes: the applicable fixes of a pass are applied together when their ranges do not overlap,
   the result is re-parsed and re-linted, up to :data:`MAX_FIX_PASSES`; a fix whose output does
-  not parse is discarded and reported as PT999. Only ``safe`` fixes apply unless
+  not parse is discarded and reported as POL999. Only ``safe`` fixes apply unless
   ``unsafe_fixes``; suppressed (``# noqa``) findings are never fixed.
-* Project-wide facts (relationship names for PT008) come from one text scan of all files
+* Project-wide facts (relationship names for POL008) come from one text scan of all files
   before linting, so results do not depend on the order or grouping of files.
 """
 
@@ -35,9 +35,11 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violation
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
-from pooltender.lint.rules import ALL_CODES, RULES, engine_code_severity
+from pooltender.lint.rules import ALIASES, ALL_CODES, RULES, engine_code_severity
+from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
 
 MAX_FIX_PASSES = 10
+_KNOWN = frozenset(ALL_CODES)
 PARALLEL_MIN_FILES = 16
 
 
@@ -55,6 +57,7 @@ class FileResult:
     fixes_applied: int = 0
     fixed_source: str | None = None
     crashed: bool = False
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,8 +83,13 @@ class LintReport:
         return sum(r.fixes_applied for r in self.results)
 
     @property
+    def notes(self) -> list[str]:
+        """Why rules skipped findings or fixes (versions, bindings), each once."""
+        return sorted({n for r in self.results for n in r.notes})
+
+    @property
     def crashes(self) -> list[Violation]:
-        return [v for v in self.violations if v.code == "PT999"]
+        return [v for v in self.violations if v.code == "POL999"]
 
 
 # -- discovery -------------------------------------------------------------------------------
@@ -130,6 +138,12 @@ def display_path(path: Path) -> str:
 
 
 # -- project facts ---------------------------------------------------------------------------
+
+# A file none of whose functions can have a summary worth keeping is not parsed for one.
+_SUMMARY_WORDS = re.compile(
+    r"session|query|sleep|requests|httpx|urlopen|hash|password|bcrypt|upload|download|subprocess"
+    r"|Popen|system|_object|_blob|verify"
+)
 
 _RELATIONSHIP = re.compile(
     r"^[ \t]*(?P<name>\w+)\s*(?::[^=\n]+)?=\s*(?:[\w.]+\.)?relationship\(", re.MULTILINE
@@ -215,7 +229,7 @@ def _syntax_violation(path: str, exc: Exception) -> Violation:
         message = exc.msg
     else:
         message = f"{type(exc).__name__}: {exc}"
-    return Violation(path, max(line, 1), max(col, 1), "PT000", f"syntax error: {message}")
+    return Violation(path, max(line, 1), max(col, 1), "POL000", f"syntax error: {message}")
 
 
 def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, Violation | None]:
@@ -227,7 +241,7 @@ def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, V
                 return None, None
             return cst.parse_module(source), None
     except RecursionError:
-        return None, Violation(path, 1, 1, "PT000", "syntax error: nesting too deep to parse")
+        return None, Violation(path, 1, 1, "POL000", "syntax error: nesting too deep to parse")
     except (SyntaxError, ValueError, cst.ParserSyntaxError) as exc:
         return None, _syntax_violation(path, exc)
     except Exception as exc:  # libcst raises a few others on exotic input
@@ -248,27 +262,32 @@ def _analyze(
     config: LintConfig,
     relationships: Mapping[str, bool],
     all_rules: bool,
+    summaries: Mapping[str, FunctionSummary] | None = None,
 ) -> _Analysis:
-    rules = [r for r in RULES if r.code in config.select and (all_rules or r.could_fire(source))]
+    rules = [
+        r
+        for r in RULES
+        if r.code in config.select and (all_rules or r.could_fire(source, summaries))
+    ]
     module, error = _parse(source, path, need_cst=bool(rules))
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
     if error is not None:
-        if "PT000" in config.select:
+        if "POL000" in config.select:
             violations.append(error)
         return _Analysis(violations, fixes, None, None)
     ctx = None
     found: list[tuple[Finding, str]] = []
     if module is not None:
-        ctx = FileContext(path, source, module, config, relationships)
+        ctx = FileContext(path, source, module, config, relationships, summaries)
         for rule in rules:
             try:
                 found.extend((f, rule.severity) for f in rule.check(ctx))
             except Exception as exc:  # a bug of ours: report, keep going
-                if "PT999" in config.select:
+                if "POL999" in config.select:
                     detail = f"{type(exc).__name__}: {exc}"[:200]
                     violations.append(
-                        Violation(path, 1, 1, "PT999", f"internal error in {rule.code}: {detail}")
+                        Violation(path, 1, 1, "POL999", f"internal error in {rule.code}: {detail}")
                     )
     for finding, severity in found:
         try:
@@ -278,7 +297,7 @@ def _analyze(
         except Exception as exc:  # position metadata failed: still report, at the top
             rng = None
             detail = f"{type(exc).__name__}: {exc}"[:200]
-            violations.append(Violation(path, 1, 1, "PT999", f"internal error: {detail}"))
+            violations.append(Violation(path, 1, 1, "POL999", f"internal error: {detail}"))
         line, col, end_line, end_col = (1, 1, 1, 1)
         if rng is not None:
             line, col = rng.start.line, rng.start.column + 1
@@ -306,7 +325,7 @@ def _analyze(
 def _apply_noqa(
     source: str, path: str, violations: list[Violation], config: LintConfig
 ) -> list[Violation]:
-    directives = find_directives(source, frozenset(ALL_CODES))
+    directives = find_directives(source, _KNOWN, ALIASES)
     if not directives:
         return violations
     by_line = {d.line: d for d in directives}
@@ -320,23 +339,23 @@ def _apply_noqa(
         kept.append(v)
     for d in directives:
         if d.malformed is not None:
-            if "PT901" in config.select:
+            if "POL901" in config.select:
                 kept.append(
                     Violation(
-                        path, d.line, d.col, "PT901", f"malformed noqa directive: {d.malformed}"
+                        path, d.line, d.col, "POL901", f"malformed noqa directive: {d.malformed}"
                     )
                 )
         elif d.codes:
             unused = sorted(c for c in d.codes - used.get(d.line, set()) if c in config.select)
-            if unused and "PT900" in config.select:
+            if unused and "POL900" in config.select:
                 kept.append(
                     Violation(
                         path,
                         d.line,
                         d.col,
-                        "PT900",
+                        "POL900",
                         f"unused noqa directive for {', '.join(unused)} (nothing reported here)",
-                        severity=engine_code_severity("PT900"),
+                        severity=engine_code_severity("POL900"),
                     )
                 )
     return kept
@@ -376,20 +395,27 @@ def lint_source(
     config: LintConfig | None = None,
     *,
     relationships: Mapping[str, bool] | None = None,
+    summaries: Mapping[str, FunctionSummary] | None = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
 ) -> FileResult:
-    """Lint (and with ``fix`` rewrite) one source text; the API the CLI and tests share."""
+    """Lint (and with ``fix`` rewrite) one source text; the API the CLI and tests share.
+
+    ``summaries`` are the project's function summaries (:mod:`pooltender.lint.summaries`);
+    without them the source's own functions are summarised."""
     from pooltender.lint.config import default_config
 
     config = config or default_config()
     rels = dict(scan_relationships(source))
     rels.update(relationships or {})
     rels.update(dict.fromkeys(config.relationships, True))
-    analysis = _analyze(source, path, config, rels, all_rules)
+    if summaries is None:
+        summaries = summarize_source(source, config.db_names)
+    analysis = _analyze(source, path, config, rels, all_rules, summaries)
     applied = 0
     original = source
+    notes: set[str] = set(analysis.ctx.notes) if analysis.ctx is not None else set()
     for _ in range(MAX_FIX_PASSES if fix else 0):
         if analysis.module is None or not analysis.fixes:
             break
@@ -402,19 +428,22 @@ def lint_source(
         try:
             cst.parse_module(new_source)
         except Exception:
-            bad = Violation(path, 1, 1, "PT999", "internal error: a fix produced unparsable code")
+            bad = Violation(path, 1, 1, "POL999", "internal error: a fix produced unparsable code")
             analysis.violations.append(bad)
             break
         source = new_source
         applied += count
-        analysis = _analyze(source, path, config, rels, all_rules)
+        analysis = _analyze(source, path, config, rels, all_rules, summaries)
+        if analysis.ctx is not None:
+            notes |= analysis.ctx.notes
     return FileResult(
         path=path,
         violations=tuple(sorted(analysis.violations)),
         lines=_count_lines(source),
         fixes_applied=applied,
         fixed_source=source if source != original else None,
-        crashed=any(v.code == "PT999" for v in analysis.violations),
+        crashed=any(v.code == "POL999" for v in analysis.violations),
+        notes=tuple(sorted(notes)),
     )
 
 
@@ -426,6 +455,7 @@ def lint_file(
     config: LintConfig,
     relationships: Mapping[str, bool] | None = None,
     *,
+    summaries: Mapping[str, FunctionSummary] | None = None,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
@@ -435,8 +465,8 @@ def lint_file(
     text, encoding, error = read_text(path)
     if text is None:
         violations: tuple[Violation, ...] = ()
-        if "PT000" in config.select:
-            violations = (Violation(shown, 1, 1, "PT000", error or "cannot read file"),)
+        if "POL000" in config.select:
+            violations = (Violation(shown, 1, 1, "POL000", error or "cannot read file"),)
         return FileResult(shown, violations)
     try:
         result = lint_source(
@@ -444,12 +474,13 @@ def lint_file(
             shown,
             config,
             relationships=relationships,
+            summaries=summaries,
             fix=fix,
             unsafe_fixes=unsafe_fixes,
             all_rules=all_rules,
         )
     except Exception as exc:  # last line of defence: never crash the run
-        crash = Violation(shown, 1, 1, "PT999", f"internal error: {type(exc).__name__}: {exc}")
+        crash = Violation(shown, 1, 1, "POL999", f"internal error: {type(exc).__name__}: {exc}")
         return FileResult(shown, (crash,), _count_lines(text), crashed=True)
     if result.fixed_source is not None:
         with open(path, "w", encoding=encoding, newline="") as out:
@@ -457,9 +488,14 @@ def lint_file(
     return result
 
 
-def _worker(args: tuple[Path, LintConfig, Mapping[str, bool], bool, bool, bool]) -> FileResult:
-    path, config, rels, fix, unsafe, all_rules = args
-    return lint_file(path, config, rels, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules)
+_Task = tuple[Path, LintConfig, Mapping[str, bool], Mapping[str, FunctionSummary], bool, bool, bool]
+
+
+def _worker(args: _Task) -> FileResult:
+    path, config, rels, summaries, fix, unsafe, all_rules = args
+    return lint_file(
+        path, config, rels, summaries=summaries, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules
+    )
 
 
 def lint_paths(
@@ -475,14 +511,19 @@ def lint_paths(
     in worker processes when there are enough of them to pay for the start-up."""
     files = discover(paths, config)
     rels: dict[str, bool] = {}
-    if "PT008" in config.select:
-        for f in files:
-            text, _, _ = read_text(f)
-            if text is not None:
-                rels.update(scan_relationships(text))
+    per_file: list[Mapping[str, FunctionSummary]] = []
+    for f in files:
+        text, _, _ = read_text(f)
+        if text is None:
+            continue
+        if "POL008" in config.select:
+            rels.update(scan_relationships(text))
+        if _SUMMARY_WORDS.search(text):
+            per_file.append(summarize_source(text, config.db_names))
+    summaries = merge_maps(per_file)
     rels.update(dict.fromkeys(config.relationships, True))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    tasks = [(f, config, rels, fix, unsafe_fixes, all_rules) for f in files]
+    tasks: list[_Task] = [(f, config, rels, summaries, fix, unsafe_fixes, all_rules) for f in files]
     report = LintReport()
     if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:

@@ -1,7 +1,9 @@
 """CST predicates shared by the rules: names, ``db.session`` calls, enclosing scopes, edits.
 
-Everything here is syntactic: no imports are resolved, so ``db`` means a name listed in
-``db-names`` (default ``db``), the usual name of the Flask-SQLAlchemy extension object.
+Everything here is syntactic. ``db`` means a name listed in ``db-names`` (default ``db``), the
+usual name of the Flask-SQLAlchemy extension object; a dotted receiver (``models.db.session``,
+``models.User.query``) counts when its first name is bound by an import in the file, so a module
+attribute is resolved from the imports, while ``self.db`` or ``app.db`` is not taken for it.
 """
 
 from __future__ import annotations
@@ -38,13 +40,25 @@ def last_name(node: cst.CSTNode) -> str | None:
     return None
 
 
+def is_db(node: cst.CSTNode, ctx: FileContext) -> bool:
+    """``db`` (a configured extension name), ``pkg.models.db`` whose root is an imported
+    name, or a dotted ``db-names`` entry written out (``extensions.db``)."""
+    if isinstance(node, cst.Name):
+        return node.value in ctx.config.db_names
+    if isinstance(node, cst.Attribute):
+        name = dotted(node)
+        if name is None:
+            return False
+        if name in ctx.config.db_names:
+            return True
+        return node.attr.value in ctx.config.db_names and name.split(".", 1)[0] in ctx.imports
+    return False
+
+
 def is_db_session(node: cst.CSTNode, ctx: FileContext) -> bool:
-    """``db.session`` (with ``db`` one of the configured extension names)."""
+    """``db.session`` (``db`` as :func:`is_db` accepts it)."""
     return (
-        isinstance(node, cst.Attribute)
-        and node.attr.value == "session"
-        and isinstance(node.value, cst.Name)
-        and node.value.value in ctx.config.db_names
+        isinstance(node, cst.Attribute) and node.attr.value == "session" and is_db(node.value, ctx)
     )
 
 
@@ -56,14 +70,23 @@ def session_method(call: cst.Call, ctx: FileContext) -> str | None:
     return None
 
 
-def is_model_query(node: cst.CSTNode) -> bool:
-    """``Model.query`` with a capitalised class-like name (Flask-SQLAlchemy's query property)."""
-    return (
-        isinstance(node, cst.Attribute)
-        and node.attr.value == "query"
-        and isinstance(node.value, cst.Name)
-        and node.value.value[:1].isupper()
-    )
+def is_model_query(node: cst.CSTNode, ctx: FileContext | None = None) -> bool:
+    """``Model.query`` with a capitalised class-like name (Flask-SQLAlchemy's query property);
+    with ``ctx`` also ``models.Model.query`` whose root name is imported."""
+    if not (isinstance(node, cst.Attribute) and node.attr.value == "query"):
+        return False
+    owner = node.value
+    if isinstance(owner, cst.Name):
+        return owner.value[:1].isupper()
+    if ctx is not None and isinstance(owner, cst.Attribute) and owner.attr.value[:1].isupper():
+        name = dotted(owner)
+        return name is not None and name.split(".", 1)[0] in ctx.imports
+    return False
+
+
+def model_of_query(node: cst.Attribute) -> str:
+    """The model as written for a ``Model.query`` / ``models.Model.query`` node."""
+    return dotted(node.value) or ""
 
 
 def enclosing_function(ctx: FileContext, node: cst.CSTNode) -> cst.FunctionDef | None:

@@ -2,17 +2,19 @@
 
 Contract:
 
-* ``# noqa: PT001`` (or ``# noqa: PT001,PT003``) suppresses those codes on that physical line;
-  a bare ``# noqa`` suppresses every code on it.
+* ``# noqa: POL001`` (or ``# noqa: POL001,POL003``) suppresses those codes on that physical
+  line; a bare ``# noqa`` suppresses every code on it. The old codes (``# noqa: PT003``) are
+  accepted as aliases of their successors for one release.
 * Codes of other tools (``E501``, ``S608``) in the same comment are left alone: the comment is
   shared with flake8/ruff.
 * A malformed directive -- ``# noqa:`` with no code, or a first token that is not a code, or
-  a ``PT`` token that is not code-shaped (``# noqa: PTX``) -- is reported as **PT901**
-  (error): a directive that silently suppresses nothing is worse than none. A well-formed
-  ``PT`` code we do not define (``PT011``) is left alone: ruff's flake8-pytest-style rules use
-  the same prefix (PT001-PT031), and this repository selects them.
-* A ``# noqa: PTxxx`` naming a selected code that was not reported on its line is reported as
-  **PT900** (warning). Bare ``# noqa`` is never reported unused: other tools read it too.
+  a ``POL`` (or old ``PT``) token that is not code-shaped (``# noqa: POLX``) -- is reported as
+  **POL901** (error): a directive that silently suppresses nothing is worse than none. A
+  well-formed ``PT`` code that is not one of our aliases (``PT011``) is left alone: it is
+  ruff's flake8-pytest-style (PT001-PT031), which this repository selects -- the reason our
+  prefix moved to ``POL``.
+* A ``# noqa: POLxxx`` naming a selected code that was not reported on its line is reported as
+  **POL900** (warning). Bare ``# noqa`` is never reported unused: other tools read it too.
 
 Comments are found with :mod:`tokenize`, so ``"# noqa"`` inside a string is not a directive;
 files without the text ``noqa`` are not tokenized at all.
@@ -23,11 +25,12 @@ from __future__ import annotations
 import io
 import re
 import tokenize
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _NOQA = re.compile(r"#\s*noqa(?P<sep>\s*:)?(?P<codes>[^#]*)", re.IGNORECASE)
 _CODE = re.compile(r"^[A-Z]+[0-9]+$")
-_OUR = re.compile(r"^PT", re.IGNORECASE)
+_OUR = re.compile(r"^(POL|PT)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,16 @@ class Directive:
     malformed: str | None = None
 
 
-def parse_comment(comment: str, line: int, col: int, known: frozenset[str]) -> Directive | None:
-    """The directive in one comment token, or None when it has no ``noqa``."""
+def parse_comment(
+    comment: str,
+    line: int,
+    col: int,
+    known: frozenset[str],
+    aliases: Mapping[str, str] | None = None,
+) -> Directive | None:
+    """The directive in one comment token, or None when it has no ``noqa``. ``aliases`` maps
+    old codes to the current ones (the directive then holds the current code)."""
+    aliases = aliases or {}
     match = _NOQA.search(comment)
     if match is None:
         return None
@@ -57,6 +68,7 @@ def parse_comment(comment: str, line: int, col: int, known: frozenset[str]) -> D
     ours: set[str] = set()
     for token in tokens:
         upper = token.upper()
+        upper = aliases.get(upper, upper)
         if upper in known:
             ours.add(upper)
         elif _OUR.match(upper) and not _CODE.match(upper):
@@ -68,7 +80,9 @@ def parse_comment(comment: str, line: int, col: int, known: frozenset[str]) -> D
     return Directive(line, col, frozenset(ours))
 
 
-def find_directives(source: str, known: frozenset[str]) -> list[Directive]:
+def find_directives(
+    source: str, known: frozenset[str], aliases: Mapping[str, str] | None = None
+) -> list[Directive]:
     """Every ``# noqa`` comment in ``source`` (which must tokenize; else none are found)."""
     if "noqa" not in source.lower():
         return []
@@ -76,7 +90,9 @@ def find_directives(source: str, known: frozenset[str]) -> list[Directive]:
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.COMMENT:
-                directive = parse_comment(tok.string, tok.start[0], tok.start[1] + 1, known)
+                directive = parse_comment(
+                    tok.string, tok.start[0], tok.start[1] + 1, known, aliases
+                )
                 if directive is not None:
                     found.append(directive)
     except (tokenize.TokenError, SyntaxError, IndentationError):

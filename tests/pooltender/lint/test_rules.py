@@ -6,15 +6,19 @@ from __future__ import annotations
 import libcst as cst
 import pytest
 
-from pooltender.lint.config import default_config
+from pooltender.lint.config import LintConfig, default_config
 from pooltender.lint.engine import lint_source
 from pooltender.lint.rules import RULES
 
 from .cases import CASES
 
 
+def _config(code: str) -> LintConfig:
+    return default_config(select=frozenset({code}), **CASES[code].config)
+
+
 def _codes(source: str, code: str, *, all_rules: bool = False) -> list[str]:
-    config = default_config(select=frozenset({code}))
+    config = _config(code)
     result = lint_source(source, "case.py", config, all_rules=all_rules)
     assert not result.crashed, result.violations
     return [v.code for v in result.violations]
@@ -53,7 +57,7 @@ def test_must_pass(code: str, i: int) -> None:
 @pytest.mark.parametrize(("code", "i"), _params("fixed"))
 def test_fixed_to(code: str, i: int) -> None:
     before, after, unsafe = CASES[code].fixed[i]
-    config = default_config(select=frozenset({code}))
+    config = _config(code)
     if unsafe:  # an unsafe fix is not applied without --unsafe-fixes
         safe_only = lint_source(before, "case.py", config, fix=True)
         assert safe_only.fixed_source is None
@@ -63,6 +67,15 @@ def test_fixed_to(code: str, i: int) -> None:
     assert code not in [v.code for v in result.violations]  # and no longer triggers
     again = lint_source(after, "case.py", config, fix=True, unsafe_fixes=True)
     assert again.fixed_source is None  # a second --fix changes nothing
+
+
+@pytest.mark.parametrize(("code", "i"), _params("unchanged"))
+def test_left_unchanged_by_unsafe_fixes(code: str, i: int) -> None:
+    source = CASES[code].unchanged[i]
+    config = default_config(**CASES[code].config)  # every rule, as a user's --fix would run
+    result = lint_source(source, "case.py", config, fix=True, unsafe_fixes=True)
+    assert not result.crashed, result.violations
+    assert result.fixed_source is None, result.fixed_source
 
 
 def test_rule_modules_follow_the_template() -> None:

@@ -1,8 +1,8 @@
 """The linter never crashes on the Python standard library, and our own code obeys it.
 
-Crash means an internal exception: the engine reports one as PT999 instead of raising, so the
-test counts PT999 findings. Unparsable files (Lib/test's deliberately broken modules, files
-libcst cannot parse) are PT000 findings: handled, not crashed.
+Crash means an internal exception: the engine reports one as POL999 instead of raising, so the
+test counts POL999 findings. Unparsable files (Lib/test's deliberately broken modules, files
+libcst cannot parse) are POL000 findings: handled, not crashed.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ JOBS = min(os.cpu_count() or 1, 4)
 def test_no_crash_on_the_stdlib(capsys: pytest.CaptureFixture[str]) -> None:
     config = default_config(exclude=("site-packages", "__pycache__"))
     report = lint_paths([STDLIB], config, jobs=JOBS)
-    parse_errors = sum(1 for v in report.violations if v.code == "PT000")
+    parse_errors = sum(1 for v in report.violations if v.code == "POL000")
     with capsys.disabled():
         print(
             f"\nstdlib {STDLIB}: {report.files} files, {report.lines} lines, "
-            f"{len(report.crashes)} crashes, {parse_errors} unparsable (PT000, handled)"
+            f"{len(report.crashes)} crashes, {parse_errors} unparsable (POL000, handled)"
         )
     assert report.files > 1000
     assert report.crashes == []

@@ -1,4 +1,4 @@
-"""PT001 second-session: a Session of its own beside Flask-SQLAlchemy's ``db.session``.
+"""POL001 second-session: a Session of its own beside Flask-SQLAlchemy's ``db.session``.
 
 ## What it does
 Reports sessions created by hand in a Flask-SQLAlchemy application: ``Session(bind=db.engine)``,
@@ -50,7 +50,7 @@ from pooltender.lint.helpers import (
     walk,
 )
 
-CODE = "PT001"
+CODE = "POL001"
 NAME = "second-session"
 SUMMARY = "a Session of its own beside Flask-SQLAlchemy's db.session"
 

@@ -1,10 +1,15 @@
-"""PT004 loop-without-session-remove: a long-running loop or consumer callback using
+"""POL004 loop-without-session-remove: a long-running loop or consumer callback using
 ``db.session`` without ``db.session.remove()`` in a ``finally`` per iteration.
 
 ## What it does
 Reports
 
-* a ``while True:`` (or ``while 1:``) loop whose body uses ``db.session`` (or ``Model.query``),
+* a **long-running loop** whose body uses ``db.session`` (or ``Model.query``, or their dotted
+  forms ``models.db.session`` / ``models.User.query``): a ``while`` whose condition is not a
+  bounded counter (``while True``, ``while 1``, ``while not stop.is_set()``,
+  ``while self.running``), a ``for`` over a consumer, queue, pub/sub, ``listen()`` /
+  ``poll()`` / ``consume()`` iterator, or any loop whose body sleeps (see docs/rules/README.md,
+  "long-running loop");
 * a function registered as a message-consumer callback in the same file (passed as
   ``callbacks=[f]``, ``on_message=f``, ``on_message_callback=f`` or ``callback=f``, or as an
   argument of ``basic_consume``/``register_callback``) that uses ``db.session``,
@@ -63,8 +68,9 @@ from pooltender.lint.helpers import (
     session_method,
     walk,
 )
+from pooltender.lint.scopes import is_long_running, loop_description
 
-CODE = "PT004"
+CODE = "POL004"
 NAME = "loop-without-session-remove"
 SUMMARY = "long-running loop or consumer callback uses db.session without remove() per iteration"
 
@@ -77,7 +83,7 @@ _CONTEXTS = frozenset({"app_context", "test_request_context", "request_context"}
 def _session_uses(scope: cst.CSTNode, ctx: FileContext) -> list[cst.CSTNode]:
     uses: list[cst.CSTNode] = []
     for node in walk(scope):
-        if is_db_session(node, ctx) or is_model_query(node):
+        if is_db_session(node, ctx) or is_model_query(node, ctx):
             parent = ctx.parent(node)
             if isinstance(parent, cst.Attribute) and parent.attr.value in ("remove", "close"):
                 continue
@@ -108,15 +114,6 @@ def _covered(use: cst.CSTNode, boundary: cst.CSTNode, ctx: FileContext) -> bool:
     return False
 
 
-def _forever(loop: cst.While) -> bool:
-    test = loop.test
-    if isinstance(test, cst.Name):
-        return test.value == "True"
-    if isinstance(test, cst.Integer):
-        return test.value not in ("0", "0x0", "0o0", "0b0")
-    return False
-
-
 def _callback_names(ctx: FileContext) -> set[str]:
     names: set[str] = set()
 
@@ -140,16 +137,21 @@ def _callback_names(ctx: FileContext) -> set[str]:
 
 
 def check(ctx: FileContext) -> Iterator[Finding]:
-    for loop in ctx.nodes(cst.While):
-        if not _forever(loop):
+    loops: list[cst.While | cst.For] = [*ctx.nodes(cst.While), *ctx.nodes(cst.For)]
+    for loop in loops:
+        if not is_long_running(loop):
             continue
+        if any(
+            isinstance(a, cst.While | cst.For) and is_long_running(a) for a in ctx.ancestors(loop)
+        ):
+            continue  # the outer loop is the one to report
         uses = _session_uses(loop.body, ctx)
         if uses and not all(_covered(u, loop, ctx) for u in uses):
             yield Finding(
                 CODE,
                 loop,
-                "`while True` loop uses db.session without db.session.remove() in a finally per "
-                "iteration (or a `with app.app_context():` per iteration)",
+                f"{loop_description(loop)} uses db.session without db.session.remove() in a "
+                "finally per iteration (or a `with app.app_context():` per iteration)",
             )
     source = ctx.source
     callbacks = _callback_names(ctx) if "callback" in source or "on_message" in source else set()
@@ -174,5 +176,5 @@ RULE = Rule(
     summary=SUMMARY,
     doc=__doc__ or "",
     check=check,
-    triggers=(("session", "query"), ("while", "callback", "on_message", "consume")),
+    triggers=(("session", "query"), ("while", "for", "callback", "on_message", "consume")),
 )

@@ -1,8 +1,10 @@
-"""PT008 n-plus-one: a lazy relationship touched inside a loop over query results.
+"""POL008 n-plus-one: a lazy relationship touched inside a loop over query results.
 
 ## What it does
 Reports ``for row in <query>:`` loops where ``<query>`` (directly, or a name assigned from it
-in the same scope) is ``Model.query...``, ``db.session.query(Model)...`` or
+in the same scope, or a call to a project function that returns one -- one call away, from the
+function summaries of the linted tree) is ``Model.query...`` (also ``models.Model.query``),
+``db.session.query(Model)...`` or
 ``db.session.scalars(select(Model)...)`` / ``db.session.execute(select(Model)).scalars()``
 with no ``.options(...)`` and no eager loader (``joinedload``, ``selectinload``, ...), and the
 loop body touches a relationship of ``row``:
@@ -11,6 +13,8 @@ loop body touches a relationship of ``row``:
   ``db.relationship(...)`` and ``backref="name"`` in any linted file, or ``relationships`` in
   the configuration -- any access ``row.name`` to a relationship that loads lazily (not
   ``lazy="joined"``/``"selectin"``/``"subquery"``/``"raise"``...);
+* assignments (``row.owner = x``) are not loads and are never reported; test files are skipped
+  (a fixture's handful of rows costs nothing);
 * otherwise, only iteration over an attribute (``for c in row.children``, ``len(row.children)``),
   which is almost always a collection relationship.
 
@@ -40,14 +44,16 @@ Comprehensions are not checked, and neither are loops over results returned by a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import libcst as cst
 
 from pooltender.lint.base import FileContext, Finding, Rule
 from pooltender.lint.helpers import is_db_session, is_model_query, last_name, walk
+from pooltender.lint.scopes import file_kind
+from pooltender.lint.summaries import FunctionSummary
 
-CODE = "PT008"
+CODE = "POL008"
 NAME = "n-plus-one"
 SUMMARY = "lazy relationship touched inside a loop over query results (N+1 queries)"
 
@@ -98,10 +104,23 @@ def _select_model(expr: cst.BaseExpression) -> str | None:
     return None
 
 
-def query_model(expr: cst.BaseExpression, ctx: FileContext) -> str | None:
-    """The model name when ``expr`` iterates ORM rows of one model, else None."""
+def _helper_model(expr: cst.BaseExpression, ctx: FileContext) -> str | None:
+    """``M`` when ``expr`` calls a project function that returns a query of ``M`` rows."""
     if not isinstance(expr, cst.Call):
         return None
+    name = last_name(expr.func)
+    summary = ctx.summaries.get(name) if name else None
+    return summary.returns_query if summary is not None else None
+
+
+def query_model(expr: cst.BaseExpression, ctx: FileContext) -> str | None:
+    """The model name when ``expr`` iterates ORM rows of one model, else None (also one call
+    away: a helper whose summary says it returns such a query)."""
+    if not isinstance(expr, cst.Call):
+        return None
+    via_helper = _helper_model(expr, ctx)
+    if via_helper is not None:
+        return via_helper
     if any(isinstance(n, cst.Name) and n.value in _LOADERS for n in walk(expr)):
         return None
     methods: list[str] = []
@@ -124,7 +143,7 @@ def query_model(expr: cst.BaseExpression, ctx: FileContext) -> str | None:
                 if methods[0] in _NOT_ROWS or "options" in methods:
                     return None
                 return break_out
-            if is_model_query(receiver):
+            if is_model_query(receiver, ctx):
                 assert isinstance(receiver, cst.Attribute)
                 if methods[0] in _NOT_ROWS or "options" in methods:
                     return None
@@ -167,6 +186,8 @@ def _iterated(attr: cst.Attribute, ctx: FileContext) -> bool:
 
 
 def check(ctx: FileContext) -> Iterator[Finding]:
+    if file_kind(ctx.path, ctx.source) == "test":
+        return  # a handful of rows in a fixture: the extra queries cost nothing
     assigned: dict[int, dict[str, str | None]] = {}
     for loop in ctx.nodes(cst.For):
         if not isinstance(loop.target, cst.Name):
@@ -189,8 +210,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             ):
                 continue
             attr = node.attr.value
-            if attr in seen:
-                continue
+            if attr in seen or isinstance(ctx.parent(node), cst.AssignTarget):
+                continue  # assigning a relationship loads nothing
             if ctx.relationships:
                 lazy = ctx.relationships.get(attr)
                 if not lazy:
@@ -207,6 +228,13 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             )
 
 
+def helper_triggers(
+    summaries: Mapping[str, FunctionSummary],
+) -> tuple[tuple[str, ...], ...]:
+    returning = tuple(f"{n}(" for n, s in summaries.items() if s.returns_query)
+    return (("for",), ("query", "scalars", *returning))
+
+
 RULE = Rule(
     code=CODE,
     name=NAME,
@@ -214,4 +242,5 @@ RULE = Rule(
     doc=__doc__ or "",
     check=check,
     triggers=(("for",), ("query", "scalars")),
+    helper_triggers=helper_triggers,
 )

@@ -1,4 +1,4 @@
-"""PT006 pool-too-large: ``pool_size`` / ``max_overflow`` literals above a threshold.
+"""POL006 pool-too-large: ``pool_size`` / ``max_overflow`` literals above a threshold.
 
 ## What it does
 Reports an integer literal above ``pool-size-limit`` (default 50) for ``pool_size`` or above
@@ -39,7 +39,7 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Rule
 from pooltender.lint.helpers import int_value, string_value
 
-CODE = "PT006"
+CODE = "POL006"
 NAME = "pool-too-large"
 SUMMARY = "pool_size / max_overflow above the configured threshold"
 

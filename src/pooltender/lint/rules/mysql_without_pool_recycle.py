@@ -1,4 +1,4 @@
-"""PT007 mysql-without-pool-recycle: a MySQL engine created without ``pool_recycle``.
+"""POL007 mysql-without-pool-recycle: a MySQL engine created without ``pool_recycle``.
 
 ## What it does
 Reports ``create_engine("mysql...")`` / ``create_async_engine("mysql...")`` (the URL a string
@@ -38,7 +38,7 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Rule
 from pooltender.lint.helpers import has_star_kwargs, keyword, last_name, string_value
 
-CODE = "PT007"
+CODE = "POL007"
 NAME = "mysql-without-pool-recycle"
 SUMMARY = "MySQL engine created without pool_recycle"
 RECYCLE = 1800

@@ -1,4 +1,4 @@
-"""PT005 engine-per-call: ``create_engine()`` inside a function that runs per request or call.
+"""POL005 engine-per-call: ``create_engine()`` inside a function that runs per request or call.
 
 ## What it does
 Reports ``create_engine(...)`` / ``create_async_engine(...)`` called inside a function when
@@ -45,7 +45,7 @@ No fix: where the engine should live is a design choice.
 ## Heuristic trade-off
 The name test trades recall for precision: a factory that *is* called per request but is named
 like one (``get_engine()`` without a cache) is missed (false negative), and a one-shot script
-function with an unusual name is reported (false positive; ``# noqa: PT005``).
+function with an unusual name is reported (false positive; ``# noqa: POL005``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Rule
 from pooltender.lint.helpers import decorator_names, enclosing_function, keyword, last_name
 
-CODE = "PT005"
+CODE = "POL005"
 NAME = "engine-per-call"
 SUMMARY = "create_engine() inside a function that runs per request or per call"
 
