@@ -51,8 +51,8 @@ from pooltender.budget import (
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
-from pooltender.settings import EXTENSION_KEYS as OWN_EXTENSION_KEYS
 from pooltender.settings import (
+    EXTENSION_SETTING_KEYS,
     WATCHED_PING_AFTER_IDLE,
     ExtensionSettings,
     PoolSettings,
@@ -92,7 +92,7 @@ _FLEET_KEYS: dict[str, str] = {
     "POOLTENDER_FLEET_RESERVED": "reserved",
 }
 #: Every key the extension reads besides PoolSettings': its own and the fleet shape's.
-EXTENSION_KEYS: frozenset[str] = OWN_EXTENSION_KEYS | frozenset(_FLEET_KEYS)
+EXTENSION_KEYS: frozenset[str] = EXTENSION_SETTING_KEYS | frozenset(_FLEET_KEYS)
 _POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
 
 
