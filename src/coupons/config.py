@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pooltender.settings import (
-    EXTENSION_KEYS,
+    EXTENSION_SETTING_KEYS,
     FLEET_PREFIX,
     PoolSettings,
     SettingsError,
@@ -283,7 +283,9 @@ class Settings:
             secret_key=secret,
             pool=_pool_settings(env),
             pooltender_config={
-                k: v for k, v in env.items() if k in EXTENSION_KEYS or k.startswith(FLEET_PREFIX)
+                k: v
+                for k, v in env.items()
+                if k in EXTENSION_SETTING_KEYS or k.startswith(FLEET_PREFIX)
             },
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900, minimum=1),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 14 * 24 * 3600, minimum=1),

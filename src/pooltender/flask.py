@@ -66,8 +66,8 @@ from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
 from pooltender.queueing import MMcQueue
-from pooltender.settings import EXTENSION_KEYS as OWN_EXTENSION_KEYS
 from pooltender.settings import (
+    EXTENSION_SETTING_KEYS,
     WATCHED_PING_AFTER_IDLE,
     ExtensionSettings,
     PoolSettings,
@@ -98,7 +98,7 @@ log = logging.getLogger("pooltender.flask")
 _FLEET_KEYS: dict[str, str] = fleet_config_keys()  # derived from FleetShape's fields
 #: Every key the extension reads besides PoolSettings': its own, the fleet shape's and
 #: admission control's.
-EXTENSION_KEYS: frozenset[str] = OWN_EXTENSION_KEYS | frozenset(_FLEET_KEYS) | ADMISSION_KEYS
+EXTENSION_KEYS: frozenset[str] = EXTENSION_SETTING_KEYS | frozenset(_FLEET_KEYS) | ADMISSION_KEYS
 _POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
 
 

@@ -351,7 +351,7 @@ class PoolSettings:
             cls,
             mapping,
             prefix,
-            other_keys=EXTENSION_KEYS | {ADMISSION_SWITCH},
+            other_keys=EXTENSION_SETTING_KEYS | {ADMISSION_SWITCH},
             other_prefixes=(FLEET_PREFIX, ADMISSION_PREFIX),
             source_prefix=prefix,
         )
@@ -621,7 +621,7 @@ def _key(name: str) -> str:
 
 
 #: Every key :class:`ExtensionSettings` reads.
-EXTENSION_KEYS: Final = frozenset(_key(f.name) for f in fields(ExtensionSettings))
+EXTENSION_SETTING_KEYS: Final = frozenset(_key(f.name) for f in fields(ExtensionSettings))
 
 #: The liveness window used where pooltender installs its idle-window ping (the Flask
 #: extension): bench/watch_overhead.py measured checkout + checkin at 1.58x a bare pool with

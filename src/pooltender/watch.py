@@ -558,9 +558,7 @@ class PoolWatch:
         with self._lock:
             self._detaches += 1
         # a detached connection never comes back: its checkout ends here, counted as a checkin
-        info = record.record_info
-        if info is not None:
-            self._end(info, _now_ns())
+        self._on_checkin(dbapi_connection, record)
 
     def _on_connect(self, dbapi_connection: DBAPIConnection, record: Any) -> None:
         with self._lock:
