@@ -120,6 +120,8 @@ __all__ = [
 logger = logging.getLogger("pooltender.watch")
 
 _now_ns = time.perf_counter_ns
+#: ``observer(kind, seconds)``: see :meth:`PoolWatch.add_observer` (issue 13).
+Observer = Callable[[str, float], None]
 #: How many distinct second-checkout call sites a watch remembers (each logged once); past
 #: it, one summary line is logged and new sites are only counted.
 MAX_SECOND_CHECKOUT_SITES: Final = 1000
@@ -192,6 +194,7 @@ class _Hot:
         "hold_first",
         "hold_total",
         "lock",
+        "observers",
         "out",
         "owner",
         "release",
@@ -217,6 +220,7 @@ class _Hot:
         self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
         self.seq = itertools.count(1)  # numbers tracked checkouts; atomic without the lock
         self.tracker: Tracker | None = None  # the watch's tracker, None when it does nothing
+        self.observers: list[Observer] = []  # PoolWatch.add_observer; empty = one truth test
         self.out = 0
         self.high = 0
         # histograms: counts per bucket (last = +Inf) and a sum in ns
@@ -249,11 +253,18 @@ class WatchedQueuePool(QueuePool):
         hot = self._pooltender_hot
         if hot is None:
             return QueuePool.connect(self)
+        observed = hot.observers  # issue 13: per-event observers (pooltender.otel)
+        if observed:
+            hot.watch._observe("wait_start", 0)
         started = _now_ns()
         try:
             proxy = _pool_checkout(self)
         except exc.TimeoutError:
             hot.watch._timed_out(_now_ns() - started)
+            raise
+        except BaseException:
+            if observed:
+                hot.watch._observe("wait_error", _now_ns() - started)
             raise
         now = _now_ns()
         record = proxy._connection_record
@@ -276,6 +287,8 @@ class WatchedQueuePool(QueuePool):
             hot.wait_total += waited
         finally:
             hot.release()
+        if observed:
+            hot.watch._observe("wait", waited)
         tracker = hot.tracker  # None when leak detection is off
         tracked = None if tracker is None else tracker.on_checkout(next(hot.seq), now, owner, proxy)
         # record_info belongs to this checkout alone until the caller gets the connection
@@ -312,6 +325,8 @@ class WatchedQueuePool(QueuePool):
                         del held_by[owner]
                 finally:
                     hot.release()
+                if hot.observers:
+                    hot.watch._observe("use", held_for)
                 if tracked is not None:
                     hot.watch._tracker.on_checkin(tracked, now)
         # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
@@ -505,6 +520,8 @@ class PoolWatch:
                 hot.held[owner] = held
             else:
                 del hot.held[owner]
+        if hot.observers:
+            self._observe("use", held_for)
         if tracked is not None:
             self._tracker.on_checkin(tracked, now)
 
@@ -536,6 +553,9 @@ class PoolWatch:
     def _on_connect(self, dbapi_connection: DBAPIConnection, record: Any) -> None:
         with self._lock:
             self._connects += 1
+        started = getattr(record, "starttime", None)  # set just before the DBAPI connect
+        if self._hot.observers and started is not None:
+            self._observe("create", round((time.time() - started) * 1e9))
 
     def _on_invalidate(
         self, dbapi_connection: DBAPIConnection, record: Any, exception: BaseException | None
@@ -567,6 +587,8 @@ class PoolWatch:
             self._timeouts += 1
             hot.wait_counts[bisect_left(hot.wait_bounds, ns)] += 1
             hot.wait_total += ns
+        if hot.observers:
+            self._observe("timeout", ns)
 
     def _second_checkout(self, owner: Hashable, tracked: TrackedCheckout | None, held: int) -> None:
         others = [
@@ -608,6 +630,32 @@ class PoolWatch:
                 self._name,
                 site,
             )
+
+    # ---- observers (issue 13) -------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(kind, seconds)`` at each pool event, on the thread it happens on.
+
+        Kinds: ``"wait_start"`` (0; a checkout begins waiting), then exactly one of
+        ``"wait"`` (the checkout got a connection after ``seconds``), ``"timeout"`` (it gave
+        up) or ``"wait_error"`` (it failed, e.g. the server is down) -- these four only on a
+        :class:`WatchedQueuePool`; ``"use"`` (a connection came back after being held
+        ``seconds``); ``"create"`` (a new DBAPI connection took ``seconds`` to open). An
+        observer must be quick and must not raise (an exception is logged and swallowed).
+        """
+        self._hot.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer`` (no error if it was not added)."""
+        if observer in self._hot.observers:
+            self._hot.observers.remove(observer)
+
+    def _observe(self, kind: str, ns: int) -> None:
+        for observer in tuple(self._hot.observers):
+            try:
+                observer(kind, ns / 1e9)
+            except Exception:
+                logger.exception("pooltender: pool observer %r failed on %s", observer, kind)
 
     # ---- LeakSink -------------------------------------------------------------------------
 
