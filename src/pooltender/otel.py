@@ -136,10 +136,8 @@ class PoolMetrics:
     """
 
     def __init__(self, *, meter_provider: MeterProvider | None = None) -> None:
-        from pooltender import __name__ as package
-
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-        meter = provider.get_meter(package, schema_url=SCHEMA_URL)
+        meter = provider.get_meter("pooltender", schema_url=SCHEMA_URL)  # the instrumentation scope
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
         meter.create_observable_up_down_counter(
