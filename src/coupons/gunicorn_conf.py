@@ -4,6 +4,12 @@ Environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WEB_WORKERS`` (2), ``WEB_T
 ``WEB_WORKER_CLASS`` (gthread; or gevent with the ``gevent`` extra, or sync).
 Each worker is one process with one pool, so the fleet's connections are
 workers x (pool_size + max_overflow) per host; keep that inside the server's budget.
+
+Prometheus multiprocess mode: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before
+gunicorn starts (``coupons serve`` does it for you, with a fresh temporary directory);
+:func:`child_exit` then removes a dead worker's live gauges, as prometheus-client documents,
+and keeps its counter and histogram files, so no counter ever goes backwards when a worker
+is recycled (docs/adopting.md).
 """
 
 from __future__ import annotations
@@ -30,3 +36,15 @@ def post_fork(server: Any, worker: Any) -> None:
     from pooltender.hooks import gunicorn_post_fork
 
     gunicorn_post_fork(server, worker)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited (recycled, killed, crashed): drop its live gauges from the scrape.
+
+    prometheus-client's ``mark_process_dead`` removes only the ``livesum`` / ``livemax`` gauge
+    files of that pid; its counters and histograms stay, so sums over workers never drop.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from flask import Blueprint, Flask, Response, jsonify, url_for
 from jinja2 import FileSystemLoader
@@ -105,6 +105,25 @@ class SnapshotCache:
             return self._value
 
 
+#: Dialects with a server to inspect (pooltender.server.snapshot reads these).
+INSPECTABLE_DIALECTS: Final = frozenset({"mysql", "mariadb", "postgresql"})
+
+
+class NoServer(Exception):
+    """The database has no server to inspect (an embedded one, e.g. SQLite): the page shows
+    the pool only and says why, instead of an inspection error (issue 13)."""
+
+
+def no_server_reason(dialect: str) -> str:
+    """Why the page has no server panel for ``dialect`` (shown as is)."""
+    shown = "SQLite" if dialect == "sqlite" else repr(dialect)
+    return (
+        f"Pool only: {shown} has no database server to inspect (no max_connections, no other "
+        "clients' connections), so there is no server panel. On MariaDB, MySQL or PostgreSQL "
+        "this page also shows the server's connections against max_connections."
+    )
+
+
 def inspection_snapshots(engine: Callable[[], Engine], *, ttl: float = 1.0) -> SnapshotCache:
     """Snapshots of the server behind ``engine()``, at most one per ``ttl`` seconds.
 
@@ -120,6 +139,9 @@ def inspection_snapshots(engine: Callable[[], Engine], *, ttl: float = 1.0) -> S
         from pooltender.server.snapshot import connect_for_inspection, take_snapshot
 
         if not inspector:  # SnapshotCache's lock serializes the calls
+            dialect = engine().dialect.name
+            if dialect not in INSPECTABLE_DIALECTS:
+                raise NoServer(no_server_reason(dialect))
             url = engine().url.render_as_string(hide_password=False)
             inspector.append(connect_for_inspection(url))
         return take_snapshot(inspector[0])
@@ -168,14 +190,18 @@ def dashboard_data(
     ``admission`` (optional) gives the ``"admission"`` object (see pooltender.admission)."""
     server: dict[str, Any] | None = None
     error: str | None = None
+    pool_only: str | None = None
     try:
         snap = snapshot()
         server = None if snap is None else _snapshot_json(snap)
+    except NoServer as exc:  # nothing is wrong: there is no server to show
+        pool_only = str(exc)
     except Exception as exc:  # the pool half of the page still works with the server down
         error = first_line(exc)[:300]
     return {
         "server": server,
         "server_error": error,
+        "pool_only": pool_only,
         "pool": {name: _pool_json(s) for name, s in pool_stats().items()},
         "admission": admission() if admission is not None else {"enabled": False},
         "taken_at": time.time(),

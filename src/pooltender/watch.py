@@ -132,6 +132,8 @@ __all__ = [
 logger = logging.getLogger("pooltender.watch")
 
 _now_ns = time.perf_counter_ns
+#: ``observer(kind, seconds)``: see :meth:`PoolWatch.add_observer` (issue 13).
+Observer = Callable[[str, float], None]
 #: How many distinct second-checkout call sites a watch remembers (each logged once); past
 #: it, one summary line is logged and new sites are only counted.
 MAX_SECOND_CHECKOUT_SITES: Final = 1000
@@ -192,6 +194,7 @@ class _Hot:
         "hold_first",
         "hold_total",
         "lock",
+        "observers",
         "out",
         "owner",
         "release",
@@ -212,6 +215,7 @@ class _Hot:
         self.owner = owner
         self.report_second = report_second
         self.tracker: Tracker = NO_TRACKING  # the watch's tracker (do-nothing when off)
+        self.observers: list[Observer] = []  # PoolWatch.add_observer; empty = one truth test
         self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
         self.wait_first = self.wait_bounds[0]
         self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
@@ -255,11 +259,18 @@ class WatchedQueuePool(QueuePool):
         hot = self._pooltender_hot
         if hot is None:
             return QueuePool.connect(self)
+        observed = hot.observers  # issue 13: per-event observers (pooltender.otel)
+        if observed:
+            hot.watch._observe("wait_start", 0)
         started = _now_ns()
         try:
             proxy = _pool_checkout(self)
         except exc.TimeoutError:
             hot.watch._timed_out(_now_ns() - started)
+            raise
+        except BaseException:
+            if observed:
+                hot.watch._observe("wait_error", _now_ns() - started)
             raise
         now = _now_ns()
         record = proxy._connection_record
@@ -282,6 +293,8 @@ class WatchedQueuePool(QueuePool):
             hot.wait_total += waited
         finally:
             hot.release()
+        if observed:
+            hot.watch._observe("wait", waited)
         tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)  # None when off
         # record_info belongs to this checkout alone until the caller gets the connection
         record.record_info[_KEY] = (now, owner, tracked)
@@ -318,6 +331,8 @@ class WatchedQueuePool(QueuePool):
                     # else its unit of work ended with it out: disowned, held by nobody
                 finally:
                     hot.release()
+                if hot.observers:
+                    hot.watch._observe("use", held_for)
                 if tracked is not None:
                     hot.watch._tracker.on_checkin(tracked, now)
         # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
@@ -534,6 +549,8 @@ class PoolWatch:
                 hot.held[owner] = held
             elif held == 0:
                 del hot.held[owner]
+        if hot.observers:
+            self._observe("use", held_for)
         if tracked is not None:
             self._tracker.on_checkin(tracked, now)
 
@@ -563,6 +580,9 @@ class PoolWatch:
     def _on_connect(self, dbapi_connection: DBAPIConnection, record: Any) -> None:
         with self._lock:
             self._connects += 1
+        started = getattr(record, "starttime", None)  # set just before the DBAPI connect
+        if self._hot.observers and started is not None:
+            self._observe("create", round((time.time() - started) * 1e9))
 
     def _on_invalidate(
         self, dbapi_connection: DBAPIConnection, record: Any, exception: BaseException | None
@@ -594,6 +614,8 @@ class PoolWatch:
             self._timeouts += 1
             hot.wait_counts[bisect_left(hot.wait_bounds, ns)] += 1
             hot.wait_total += ns
+        if hot.observers:
+            self._observe("timeout", ns)
 
     def _second_checkout(self, owner: Hashable, tracked: TrackedCheckout | None, held: int) -> None:
         others = [
@@ -635,6 +657,32 @@ class PoolWatch:
                 self._name,
                 site,
             )
+
+    # ---- observers (issue 13) -------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(kind, seconds)`` at each pool event, on the thread it happens on.
+
+        Kinds: ``"wait_start"`` (0; a checkout begins waiting), then exactly one of
+        ``"wait"`` (the checkout got a connection after ``seconds``), ``"timeout"`` (it gave
+        up) or ``"wait_error"`` (it failed, e.g. the server is down) -- these four only on a
+        :class:`WatchedQueuePool`; ``"use"`` (a connection came back after being held
+        ``seconds``); ``"create"`` (a new DBAPI connection took ``seconds`` to open). An
+        observer must be quick and must not raise (an exception is logged and swallowed).
+        """
+        self._hot.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer`` (no error if it was not added)."""
+        if observer in self._hot.observers:
+            self._hot.observers.remove(observer)
+
+    def _observe(self, kind: str, ns: int) -> None:
+        for observer in tuple(self._hot.observers):
+            try:
+                observer(kind, ns / 1e9)
+            except Exception:
+                logger.exception("pooltender: pool observer %r failed on %s", observer, kind)
 
     # ---- LeakSink -------------------------------------------------------------------------
 

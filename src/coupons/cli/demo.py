@@ -81,6 +81,13 @@ def seed(settings: Settings) -> tuple[str, str, int]:
     return password, sample or "", int(campaign_id)
 
 
+def dashboard_path() -> str:
+    """Where the extension mounts the dashboard (``POOLTENDER_DASHBOARD_PATH``), no slash."""
+    from pooltender.dashboard import DEFAULT_DASHBOARD_PATH
+
+    return os.environ.get("POOLTENDER_DASHBOARD_PATH", DEFAULT_DASHBOARD_PATH).rstrip("/")
+
+
 @click.command("demo")
 @click.option(
     "--port", default=8000, envvar="PORT", show_default=True, type=click.IntRange(1, 65535)
@@ -100,6 +107,7 @@ def demo(port: int, no_serve: bool) -> None:
     os.environ.setdefault("SECRET_KEY", demo_secret_key(var_dir))
     # A broker both processes reach without RabbitMQ: kombu's SQLAlchemy transport on SQLite.
     os.environ.setdefault("BROKER_URL", f"sqla+sqlite:///{var_dir / 'broker.db'}")
+    os.environ.setdefault("POOLTENDER_DASHBOARD", "true")  # the banner points at it (issue 13)
     settings = load_settings()
     upgrade(settings.database_url)
     password, code, campaign_id = seed(settings)
@@ -114,6 +122,8 @@ coupons demo
   API           {base}/api/v1
   OpenAPI       {base}/openapi.json
   health        {base}/healthz   {base}/readyz
+  dashboard     {base}{dashboard_path()}/  (admins; pool only on SQLite)
+  pool stats    {base}/pooltender/stats   metrics  {base}/metrics
 
 Try it (copy and paste):
 
@@ -124,6 +134,11 @@ Try it (copy and paste):
   curl -s -X POST {base}/api/v1/redemptions -H "Authorization: Bearer $TOKEN" \\
     -H 'Content-Type: application/json' -H "Idempotency-Key: demo-order-o-1" \\
     -d '{{"code": "{code}", "customer_id": "c-1", "order_id": "o-1", "order_total": "80.00"}}'
+
+The dashboard and the stats page want an admin token (Authorization: Bearer $TOKEN, or in
+the coupons_admin_token cookie); from the shell:
+
+  curl -s {base}{dashboard_path()}/data -H "Authorization: Bearer $TOKEN"
 
 Order events (a consumer runs beside the API on {settings.masked_broker_url}):
 

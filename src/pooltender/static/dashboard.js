@@ -186,6 +186,11 @@
   function drawServer(data) {
     var server = data.server;
     var status = document.getElementById("status");
+    if (data.pool_only) {  // an embedded database (SQLite): no server panel, and that is fine
+      status.className = "status pool-only";
+      status.textContent = "pool only";
+      return;
+    }
     if (!server) {
       status.className = "status down";
       status.textContent = data.server_error || "no server snapshot";
