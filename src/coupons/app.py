@@ -11,6 +11,7 @@ from flask_smorest import Api
 
 from coupons.api import register
 from coupons.api.common import require_admin, require_admin_token
+from coupons.api.lean import NoCookieSession
 from coupons.appsettings import attach_settings, settings_of
 from coupons.config import Settings
 from coupons.db import db, install_sqlite_hooks
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(settings.pooltender_config)
+    app.session_interface = NoCookieSession()
     attach_settings(app, settings)
     # Pooltender sizes and watches the pool, sheds exhaustion as 503, and calls db.init_app.
     Pooltender(app, db, settings=settings.pool, protect=_require_admin)

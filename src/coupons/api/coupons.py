@@ -9,7 +9,7 @@ from flask import Response
 from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, require_role
-from coupons.api.lean import documented, dump, json_body
+from coupons.api.lean import coupon_body, documented, json_body, respond, validation_body
 from coupons.api.schemas import (
     ApiErrorSchema,
     CouponSchema,
@@ -23,9 +23,7 @@ URL_PREFIX = ""
 blp = Blueprint("coupons", __name__, description="Coupons")
 
 
-_coupon_schema = CouponSchema()
 _validate_request = ValidateRequestSchema()
-_validation_schema = ValidationResultSchema()
 
 
 @blp.route("/coupons/<string:code>", methods=["GET"])
@@ -36,7 +34,7 @@ _validation_schema = ValidationResultSchema()
 )
 @require_role(Role.SERVICE)
 def get_coupon(code: str) -> Response:
-    return dump(200, _coupon_schema, service.get_coupon(code))
+    return respond(200, coupon_body(service.get_coupon(code)))
 
 
 @blp.route("/coupons/<string:code>/validate", methods=["POST"])
@@ -58,4 +56,4 @@ def validate_coupon(code: str) -> Response:
     result = service.validate_coupon(
         code, customer_id=data["customer_id"], order_total=data["order_total"]
     )
-    return dump(200, _validation_schema, result)
+    return respond(200, validation_body(result))

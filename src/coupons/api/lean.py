@@ -9,19 +9,27 @@ those views are registered with the same decorators applied to a stub, whose ``_
 the OpenAPI document is unchanged. At request time they call the same schemas directly:
 :func:`json_body` loads through the blueprint's own webargs parser (so a malformed body,
 a wrong content type and a validation error answer exactly as on the other routes) and
-:func:`dump` serializes with the response schema through Flask's ``jsonify``, as
+:func:`respond` sends a body built by :func:`redemption_body`, :func:`coupon_body` or
+:func:`validation_body`, which write out what the response schemas' ``dump`` would (a
+marshmallow dump of these flat views cost more CPU than building the dict; the test
+tests/test_lean_api.py holds them equal to the schemas), through Flask's ``jsonify`` as
 flask-smorest does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
-from typing import Any, TypeVar
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Final, TypeVar
 
-from flask import Response, jsonify, request
+from flask import Flask, Request, Response, jsonify, request
+from flask.sessions import SessionInterface, SessionMixin
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError
 from webargs.core import missing
+
+from coupons.services.views import CouponView, RedemptionView, ValidationResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,8 +75,95 @@ def json_body(schema: Schema) -> dict[str, Any]:
     return loaded
 
 
-def dump(status: int, schema: Schema, value: Any) -> Response:
-    """``value`` serialized with ``schema``, as ``@blp.response(status, schema)`` would."""
-    response = jsonify(schema.dump(value))
+def respond(status: int, body: dict[str, Any]) -> Response:
+    """``body`` as JSON with ``status``, as ``@blp.response(status, ...)`` would send it."""
+    response = jsonify(body)
     response.status_code = status
     return response
+
+
+_CENT: Final = Decimal("0.01")
+
+
+def _money(value: Decimal | None) -> str | None:
+    """schemas.Money's dump: two places, half up, as a plain string."""
+    if value is None:
+        return None
+    return format(Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP), "f")
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def redemption_body(view: RedemptionView) -> dict[str, Any]:
+    """What ``RedemptionSchema().dump(view)`` gives."""
+    return {
+        "id": view.id,
+        "code": view.code,
+        "coupon_id": view.coupon_id,
+        "campaign_id": view.campaign_id,
+        "customer_id": view.customer_id,
+        "order_id": view.order_id,
+        "order_total": _money(view.order_total),
+        "discount_amount": _money(view.discount_amount),
+        "currency": view.currency,
+        "status": view.status,
+        "redeemed_at": _time(view.redeemed_at),
+        "rolled_back_at": _time(view.rolled_back_at),
+    }
+
+
+def coupon_body(view: CouponView) -> dict[str, Any]:
+    """What ``CouponSchema().dump(view)`` gives (the campaign as ``CouponCampaign``)."""
+    campaign = view.campaign
+    return {
+        "id": view.id,
+        "code": view.code,
+        "campaign_id": view.campaign_id,
+        "max_uses": view.max_uses,
+        "use_count": view.use_count,
+        "created_at": _time(view.created_at),
+        "campaign": {
+            "id": campaign.id,
+            "name": campaign.name,
+            "discount_type": campaign.discount_type,
+            "discount_value": _money(campaign.discount_value),
+            "currency": campaign.currency,
+            "starts_at": _time(campaign.starts_at),
+            "ends_at": _time(campaign.ends_at),
+            "min_order_total": _money(campaign.min_order_total),
+            "is_active": campaign.is_active,
+        },
+    }
+
+
+def validation_body(result: ValidationResult) -> dict[str, Any]:
+    """What ``ValidationResultSchema().dump(result)`` gives (None values left out)."""
+    body = {
+        "valid": result.valid,
+        "code": result.code,
+        "campaign_id": result.campaign_id,
+        "order_total": _money(result.order_total),
+        "discount": _money(result.discount),
+        "currency": result.currency,
+        "reason": result.reason,
+        "message": result.message,
+    }
+    return {name: value for name, value in body.items() if value is not None}
+
+
+class NoCookieSession(SessionInterface):
+    """No Flask cookie session: the API authenticates every request by its bearer token.
+
+    Flask's default interface builds a signing serializer and looks for a session cookie
+    on every request (5% of a validate's CPU in bench/request_cpu.py's profile) for a
+    session this service never reads or writes. With this one ``flask.session`` is a
+    ``NullSession``: reading it gives nothing, writing to it raises.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        return None  # Flask then hands out make_null_session()
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None

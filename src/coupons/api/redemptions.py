@@ -17,7 +17,7 @@ from flask import Response, current_app, request
 from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, current_principal, error_response, require_role
-from coupons.api.lean import documented, dump, json_body
+from coupons.api.lean import documented, json_body, redemption_body, respond
 from coupons.api.schemas import ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
 from coupons.appsettings import settings_of
 from coupons.db import transaction
@@ -49,7 +49,6 @@ _KEY_DOC: Final = {
         }
     ]
 }
-_redemption_schema = RedemptionSchema()
 _redeem_request = RedeemRequestSchema()
 
 
@@ -86,7 +85,7 @@ def _idempotent(status: int, effect: Callable[[], RedemptionView]) -> Redemption
         return _json_response(claimed.response.status, claimed.response.body, replayed=True)
 
     def run() -> idempotency.StoredResponse:
-        body = json.dumps(_redemption_schema.dump(effect()))
+        body = json.dumps(redemption_body(effect()))
         return idempotency.StoredResponse(status, body)
 
     response = idempotency.execute(claimed, run, _render_error)
@@ -128,7 +127,7 @@ def redeem() -> Response:
             now=now,
         ),
     )
-    return result if isinstance(result, Response) else dump(201, _redemption_schema, result)
+    return result if isinstance(result, Response) else respond(201, redemption_body(result))
 
 
 @blp.route("/redemptions/<int:redemption_id>", methods=["GET"])
@@ -154,4 +153,4 @@ def get_redemption(redemption_id: int) -> RedemptionView:
 def rollback(redemption_id: int) -> Response:
     now = utcnow()
     result = _idempotent(200, lambda: service.rollback_in_transaction(redemption_id, now=now))
-    return result if isinstance(result, Response) else dump(200, _redemption_schema, result)
+    return result if isinstance(result, Response) else respond(200, redemption_body(result))

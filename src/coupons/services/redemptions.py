@@ -42,7 +42,10 @@ A redemption sends, in this order (lock order coupon -> campaign -> ledger -> us
    DUPLICATE KEY UPDATE count = count + 1`` (an exclusive lock at once, not a shared one to
    upgrade), with a limit a conditional ``UPDATE`` and, only for a customer's first use of
    the campaign, an ``INSERT`` (a duplicate key then means the limit is reached: MySQL's
-   upsert row count cannot tell "unchanged" from "inserted").
+   upsert row count cannot tell "unchanged" from "inserted"). Every writer of a campaign's
+   usage rows (redeem, rollback, the order-event consumer through them) holds that
+   campaign's row lock first, so two first uses never meet in the index gap (where two
+   UPDATEs' gap locks would deadlock their INSERTs; ``transaction()`` would retry it).
 
 Any refusal raises a :class:`~coupons.errors.ServiceError` inside the transaction, which
 rolls back every statement already made, so a refused redemption writes nothing.
