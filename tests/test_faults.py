@@ -123,7 +123,28 @@ def test_a_wrapped_error_keeps_its_kind() -> None:
 
 
 def _token(role: Role = Role.SERVICE) -> dict[str, str]:
+    """A token for a user that need not exist (the database is down before it is checked)."""
     principal = Principal(user_id=1, email="svc@example.test", role=role.value)
+    return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
+
+
+def user_headers(app: Flask, role: Role) -> dict[str, str]:
+    """Insert a user of ``role`` (no usable password) and return a bearer header for it: the
+    account cache checks every token against the users table."""
+    from coupons.db import db
+    from coupons.models import User
+
+    with app.app_context():
+        user = User(
+            email=f"{role.value}-{os.urandom(4).hex()}@example.test",
+            password_hash="!unusable",
+            role=role.value,
+            is_active=True,
+        )
+        db.session.add(user)
+        db.session.commit()
+        principal = Principal(user_id=int(user.id), email=user.email, role=role.value)
+        db.session.remove()
     return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
 
 
@@ -204,7 +225,8 @@ def test_a_database_stopped_mid_run_answers_503_then_recovers(
 ) -> None:
     app: Flask = create_app(make_settings(private_mariadb.url))
     client = app.test_client()
-    headers = _token(Role.ADMIN)
+    tokens = {role: user_headers(app, role) for role in Role}
+    headers = tokens[Role.ADMIN]
     assert client.get("/api/v1/campaigns", headers=headers).status_code == 200  # pool warm
     private_mariadb.stop()
     try:
@@ -212,7 +234,7 @@ def test_a_database_stopped_mid_run_answers_503_then_recovers(
             caplog.clear()
             with caplog.at_level(logging.INFO):
                 response = client.open(
-                    path, method=method, json=body, headers=_token(role) if role else {}
+                    path, method=method, json=body, headers=tokens[role] if role else {}
                 )
             assert_unavailable(response, caplog.records)
     finally:

@@ -23,10 +23,10 @@ from coupons import create_app
 from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.models import Role
-from coupons.services.auth import Principal, issue_access_token
 from pooltender.settings import PoolSettings
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import make_settings
 from tests.pooltender._servers import PrivateMariaDB
+from tests.test_faults import user_headers
 
 BOUND = 3  # seconds: connect, read and write timeouts of this test's pool
 SHED_WAIT = 0.5
@@ -64,8 +64,7 @@ def test_a_frozen_server_holds_no_request_past_the_bound(
         connect_timeout=BOUND, read_timeout=BOUND, write_timeout=BOUND, shed_wait=SHED_WAIT
     ).with_values(ping_after_idle=0.5)
     app = create_app(make_settings(url, pool=pool))
-    principal = Principal(user_id=1, email="admin@example.test", role=Role.ADMIN.value)
-    headers = {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
+    headers = user_headers(app, Role.ADMIN)
     for _ in range(4):
         assert app.test_client().get("/api/v1/campaigns", headers=headers).status_code == 200
 
