@@ -260,3 +260,9 @@ def test_a_validly_signed_token_with_bad_claims_is_401(
 
 
 Rows = Callable[[Any], int]
+
+
+def test_a_wrong_method_is_405_with_allow(client: FlaskClient, admin: Headers) -> None:
+    response = client.delete(f"{API}/campaigns", headers=admin)
+    assert_refused(response, (405,))
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}

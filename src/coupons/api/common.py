@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coupons.app import settings_of
@@ -235,7 +235,10 @@ def install_error_handlers(app: Flask) -> None:
             return error_response(status, "internal_error", "an unexpected error occurred")
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
-        return error_response(status, code, message)
+        response = error_response(status, code, message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110 15.5.6
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
