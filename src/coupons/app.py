@@ -38,7 +38,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         with app.app_context():
             install_sqlite_hooks(db.engine)
 
-    api = Api(app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}})
+    from coupons.api.schemas import CouponsApi
+
+    api: Api = CouponsApi(
+        app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}}
+    )
     from coupons.api import register
 
     register(app, api)
