@@ -354,3 +354,20 @@ def test_bulk_commands_raise_the_read_bound_and_keep_the_connect_bound() -> None
         "mysql+mysqldb://root@127.0.0.1/x", pool=settings.pool.with_values(read_timeout=0)
     )
     assert "read_timeout" not in long_work_settings(off).engine_options()["connect_args"]
+
+
+def test_pooltender_masks_query_string_passwords_too() -> None:
+    """``pooltender doctor`` and ``top`` print URLs through this helper."""
+    from pooltender.server import mask_url as pooltender_mask
+    from pooltender.server import scrub
+
+    url = "mysql+mysqldb://root:pw1@127.0.0.1:3306/test?passwd=hunter2&charset=utf8mb4"
+    shown = pooltender_mask(url)
+    assert "hunter2" not in shown
+    assert "pw1" not in shown
+    assert "passwd=***" in shown
+    assert "charset=utf8mb4" in shown
+    assert "hunter2" not in scrub(f"cannot connect to {url}: hunter2 refused", url)
+    pg = pooltender_mask("postgresql+psycopg://u@h/d?password=abc&sslmode=require")
+    assert "abc" not in pg
+    assert "sslmode=require" in pg

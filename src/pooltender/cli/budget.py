@@ -64,14 +64,40 @@ class BudgetOutcome:
         return data
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``; unparsable URLs are not echoed."""
+#: Query parameters that carry a credential (libpq ``password``/``sslpassword``, MySQL
+#: drivers' ``passwd``/``password``, cloud keys and tokens).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
+
+
+def _secret_params(url: str) -> dict[str, str]:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        query = make_url(url).query
+    except Exception:
+        return {}
+    found: dict[str, str] = {}
+    for name, value in query.items():
+        for each in (value,) if isinstance(value, str) else value:
+            if _SECRET_PARAM.search(name) and each:
+                found[name] = each
+    return found
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the ``user:password@`` form and query
+    parameters named like a credential (``?password=``, ``?passwd=``); unparsable URLs are not
+    echoed."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
     except Exception:  # ArgumentError, or ValueError for a bad port
         return "<unparsable URL>"
+    secrets_in_query = _secret_params(url)
+    if secrets_in_query:
+        parsed = parsed.update_query_dict({name: "***" for name in secrets_in_query})
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 _USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
@@ -88,6 +114,8 @@ def _scrub(message: str, url: str) -> str:
         password = None
     if password:
         message = message.replace(str(password), "***")
+    for value in _secret_params(url).values():
+        message = message.replace(value, "***")
     return _USERINFO_PASSWORD.sub(r"\1***@", message)
 
 
