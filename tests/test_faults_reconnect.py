@@ -116,18 +116,44 @@ def test_without_the_retry_the_same_kill_fails_the_transaction(
 
 
 @pytest.mark.fault
-def test_a_read_on_a_killed_connection_is_never_a_500(
+def test_a_read_on_a_killed_connection_is_retried_once(
     one_connection_app: Flask, backend: str
 ) -> None:
+    """GET is a safe method: the Flask integration runs its view once more on a fresh
+    connection (pooltender.failures.register_error_handlers, reset_session)."""
     app = one_connection_app
     client = app.test_client()
     admin = _admin(app)
+    assert client.post(f"{API}/campaigns", json=CAMPAIGN, headers=admin).status_code == 201
     _kill_pooled_connection(app, backend)
     first = client.get(f"{API}/campaigns", headers=admin)
-    assert first.status_code in (200, 503), first.get_json()
-    if first.status_code == 503:
-        assert first.headers["Retry-After"] == "1"
-    assert client.get(f"{API}/campaigns", headers=admin).status_code == 200
+    assert first.status_code == 200, first.get_json()
+    assert len(first.get_json()["items"]) == 1
+
+
+@pytest.mark.fault
+def test_an_unsafe_request_is_not_rerun_by_the_web_layer(
+    one_connection_app: Flask, backend: str
+) -> None:
+    """A POST that only reads (validate) is not re-run by the web layer: 503, never 500."""
+    app = one_connection_app
+    client = app.test_client()
+    admin = _admin(app)
+    made = client.post(f"{API}/campaigns", json=CAMPAIGN, headers=admin)
+    assert made.status_code == 201
+    code = client.post(
+        f"{API}/campaigns/{made.get_json()['id']}/codes", json={"code": "RERUN-1"}, headers=admin
+    )
+    assert code.status_code == 201
+    _kill_pooled_connection(app, backend)
+    response = client.post(
+        f"{API}/coupons/RERUN-1/validate",
+        json={"customer_id": "c", "order_total": "10.00"},
+        headers=admin,
+    )
+    assert response.status_code in (200, 503), response.get_json()
+    if response.status_code == 503:
+        assert response.headers["Retry-After"] == "1"
 
 
 @pytest.mark.fault
