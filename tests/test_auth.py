@@ -11,7 +11,8 @@ import datetime as dt
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -256,8 +257,10 @@ def test_login_returns_an_access_token_and_a_hashed_refresh_token(
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 900
     principal = decode_access_token(body["access_token"], TEST_SECRET)
-    assert principal == Principal(user_id=user.id, email=user.email, role="service")
     (row,) = token_rows(app)
+    assert principal == Principal(
+        user_id=user.id, email=user.email, role="service", family=row.family_id
+    )
     assert row.token_hash == sha256(body["refresh_token"])
     assert len(row.family_id) == 32
     assert row.revoked_at is None
@@ -889,3 +892,94 @@ def test_token_pair_repr_hides_tokens() -> None:
     pair = auth.TokenPair(access_token="a.b.c", refresh_token="r-secret", expires_in=900)
     assert "r-secret" not in repr(pair)
     assert "a.b.c" not in repr(pair)
+
+
+# ------------------------------------------------------------------------ tokens follow the account
+
+
+def _seconds_until_refused(clients: list[FlaskClient], path: str, headers: dict[str, str]) -> float:
+    """Poll every client (each its own app: its own cache, as a worker process has) until
+    each refuses ``headers`` with 401; the seconds that took for the slowest."""
+    started = time.monotonic()
+    pending = list(clients)
+    while pending and time.monotonic() - started < 10:
+        pending = [c for c in pending if c.get(path, headers=headers).status_code != 401]
+        time.sleep(0.05)
+    assert not pending, "a worker kept accepting the token"
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def workers(app: Flask, settings: Settings) -> Iterator[list[FlaskClient]]:
+    """Two more apps on the same database: two 'workers' with their own account caches."""
+    from coupons import create_app
+
+    apps = [create_app(settings) for _ in range(2)]
+    yield [app.test_client()] + [each.test_client() for each in apps]
+    for each in apps:
+        with each.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.parametrize("change", ["disable", "delete", "demote"])
+def test_a_changed_account_loses_access_within_2_s_in_every_worker(
+    app: Flask,
+    workers: list[FlaskClient],
+    create_user: Callable[..., auth.UserInfo],
+    change: str,
+) -> None:
+    admin = create_user(email="boss@example.test", role=Role.ADMIN)
+    token = login(workers[0], email="boss@example.test").get_json()["access_token"]
+    for client in workers:  # every worker has a snapshot that admits the token
+        assert client.get("/api/v1/campaigns", headers=bearer(token)).status_code == 200
+    if change == "disable":
+        execute(app, update(User).where(User.id == admin.id).values(is_active=False))
+    elif change == "demote":
+        execute(app, update(User).where(User.id == admin.id).values(role=Role.SERVICE.value))
+    else:
+        execute(app, RefreshToken.__table__.delete())
+        execute(app, User.__table__.delete().where(User.id == admin.id))
+    took = _seconds_until_refused(workers, "/api/v1/campaigns", bearer(token))
+    assert took <= 2.0, f"{change}: access lasted {took:.2f} s"
+
+
+def test_a_logged_out_session_loses_access_within_2_s_and_the_others_keep_it(
+    workers: list[FlaskClient], user: auth.UserInfo
+) -> None:
+    first = login(workers[0]).get_json()
+    second = login(workers[0]).get_json()
+    for client in workers:
+        assert client.get(ME, headers=bearer(first["access_token"])).status_code == 200
+    response = post(
+        workers[0],
+        LOGOUT,
+        {"refresh_token": first["refresh_token"]},
+        headers=bearer(first["access_token"]),
+    )
+    assert response.status_code == 204
+    took = _seconds_until_refused(workers, "/api/v1/coupons", bearer(first["access_token"]))
+    assert took <= 2.0
+    for client in workers:
+        assert (
+            client.get("/api/v1/coupons", headers=bearer(second["access_token"])).status_code == 200
+        )
+
+
+def test_a_new_user_is_admitted_at_once(
+    workers: list[FlaskClient], create_user: Callable[..., auth.UserInfo]
+) -> None:
+    create_user(email="first@example.test")
+    assert (
+        workers[1]
+        .get(
+            ME,
+            headers=bearer(
+                login(workers[1], email="first@example.test").get_json()["access_token"]
+            ),
+        )
+        .status_code
+        == 200
+    )
+    create_user(email="late@example.test")  # the snapshot above does not know this user
+    token = login(workers[1], email="late@example.test").get_json()["access_token"]
+    assert workers[1].get("/api/v1/coupons", headers=bearer(token)).status_code == 200

@@ -123,7 +123,28 @@ def test_a_wrapped_error_keeps_its_kind() -> None:
 
 
 def _token(role: Role = Role.SERVICE) -> dict[str, str]:
+    """A token for a user that need not exist (the database is down before it is checked)."""
     principal = Principal(user_id=1, email="svc@example.test", role=role.value)
+    return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
+
+
+def user_headers(app: Flask, role: Role) -> dict[str, str]:
+    """Insert a user of ``role`` (no usable password) and return a bearer header for it: the
+    account cache checks every token against the users table."""
+    from coupons.db import db
+    from coupons.models import User
+
+    with app.app_context():
+        user = User(
+            email=f"{role.value}-{os.urandom(4).hex()}@example.test",
+            password_hash="!unusable",
+            role=role.value,
+            is_active=True,
+        )
+        db.session.add(user)
+        db.session.commit()
+        principal = Principal(user_id=int(user.id), email=user.email, role=role.value)
+        db.session.remove()
     return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
 
 
@@ -204,7 +225,8 @@ def test_a_database_stopped_mid_run_answers_503_then_recovers(
 ) -> None:
     app: Flask = create_app(make_settings(private_mariadb.url))
     client = app.test_client()
-    headers = _token(Role.ADMIN)
+    tokens = {role: user_headers(app, role) for role in Role}
+    headers = tokens[Role.ADMIN]
     assert client.get("/api/v1/campaigns", headers=headers).status_code == 200  # pool warm
     private_mariadb.stop()
     try:
@@ -212,7 +234,7 @@ def test_a_database_stopped_mid_run_answers_503_then_recovers(
             caplog.clear()
             with caplog.at_level(logging.INFO):
                 response = client.open(
-                    path, method=method, json=body, headers=_token(role) if role else {}
+                    path, method=method, json=body, headers=tokens[role] if role else {}
                 )
             assert_unavailable(response, caplog.records)
     finally:
@@ -332,3 +354,20 @@ def test_bulk_commands_raise_the_read_bound_and_keep_the_connect_bound() -> None
         "mysql+mysqldb://root@127.0.0.1/x", pool=settings.pool.with_values(read_timeout=0)
     )
     assert "read_timeout" not in long_work_settings(off).engine_options()["connect_args"]
+
+
+def test_pooltender_masks_query_string_passwords_too() -> None:
+    """``pooltender doctor`` and ``top`` print URLs through this helper."""
+    from pooltender.server import mask_url as pooltender_mask
+    from pooltender.server import scrub
+
+    url = "mysql+mysqldb://root:pw1@127.0.0.1:3306/test?passwd=hunter2&charset=utf8mb4"
+    shown = pooltender_mask(url)
+    assert "hunter2" not in shown
+    assert "pw1" not in shown
+    assert "passwd=***" in shown
+    assert "charset=utf8mb4" in shown
+    assert "hunter2" not in scrub(f"cannot connect to {url}: hunter2 refused", url)
+    pg = pooltender_mask("postgresql+psycopg://u@h/d?password=abc&sslmode=require")
+    assert "abc" not in pg
+    assert "sslmode=require" in pg

@@ -20,16 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 
 from coupons import create_app
 from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.models import Campaign, Coupon, IdempotencyKey, Redemption, Role
-from coupons.services.auth import Principal, issue_access_token
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import make_settings
 from tests.pooltender._servers import PrivateMariaDB
+from tests.test_faults import user_headers
 
 CLIENTS = 16
 OUTAGE = 5.0
@@ -53,11 +53,6 @@ def server() -> Iterator[PrivateMariaDB]:
         yield private
 
 
-def _headers(user_id: int, role: Role) -> dict[str, str]:
-    principal = Principal(user_id=user_id, email=f"{role.value}@example.test", role=role.value)
-    return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
-
-
 @pytest.mark.fault
 @pytest.mark.slow
 def test_a_stopped_database_is_503_then_recovers_with_an_exact_ledger(
@@ -65,17 +60,8 @@ def test_a_stopped_database_is_503_then_recovers_with_an_exact_ledger(
 ) -> None:
     app = create_app(make_settings(server.url))
     client = app.test_client()
-    admin = _headers(1, Role.ADMIN)
-    with app.app_context():
-        db.session.execute(
-            text(
-                "INSERT INTO users (id, email, password_hash, role, is_active, created_at) "
-                "VALUES (2, 'service@example.test', '!', 'service', 1, NOW())"
-            )
-        )
-        db.session.commit()
-        db.session.remove()
-    service = _headers(2, Role.SERVICE)
+    admin = user_headers(app, Role.ADMIN)
+    service = user_headers(app, Role.SERVICE)
     created = client.post(
         f"{API}/campaigns",
         json={

@@ -8,6 +8,8 @@ Only the test's own connection is killed; the shared servers keep running.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,24 +21,42 @@ from sqlalchemy.pool import NullPool
 
 from coupons import create_app
 from coupons.db import db, transaction
+from coupons.migrate import upgrade
 from coupons.models import Campaign, Role
-from coupons.services.auth import Principal, issue_access_token
 from pooltender.session import is_retryable_disconnect
 from pooltender.settings import PoolSettings
-from tests.conftest import TEST_SECRET, count_rows, empty_tables, make_settings
+from tests.conftest import count_rows, create_database, drop_database, empty_tables, make_settings
+from tests.test_faults import user_headers
 
 API = "/api/v1"
 CAMPAIGN = {"name": "R", "discount_type": "percent", "discount_value": "10", "currency": "EUR"}
 
 
+@pytest.fixture(scope="module", params=["mariadb", "postgresql"])
+def server_database(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(backend, url) of a migrated database of the test's own on a server backend (SQLite
+    has no server that could drop a connection, so it is not a parameter here)."""
+    backend: str = request.param
+    name = f"coupons_reconnect_{os.getpid()}_{secrets.token_hex(3)}"
+    url = create_database(backend, name)
+    try:
+        upgrade(url)
+        yield backend, url
+    finally:
+        drop_database(backend, name)
+
+
 @pytest.fixture
-def one_connection_app(database_url: str, backend: str) -> Iterator[Flask]:
-    if backend == "sqlite":
-        pytest.skip("SQLite has no server to drop the connection")
+def backend(server_database: tuple[str, str]) -> str:
+    return server_database[0]
+
+
+@pytest.fixture
+def one_connection_app(server_database: tuple[str, str]) -> Iterator[Flask]:
     # one pooled connection, and a ping window longer than the test: a killed connection is
     # handed out without a ping
     pool = PoolSettings(pool_size=1, max_overflow=0, ping_after_idle=60, pool_recycle=3600)
-    app = create_app(make_settings(database_url, pool=pool))
+    app = create_app(make_settings(server_database[1], pool=pool))
     yield app
     with app.app_context():
         db.session.remove()
@@ -60,9 +80,8 @@ def _kill_pooled_connection(app: Flask, backend: str) -> None:
     killer.dispose()
 
 
-def _admin() -> dict[str, str]:
-    principal = Principal(user_id=1, email="admin@example.test", role=Role.ADMIN.value)
-    return {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
+def _admin(app: Flask) -> dict[str, str]:
+    return user_headers(app, Role.ADMIN)
 
 
 @pytest.mark.fault
@@ -71,8 +90,9 @@ def test_a_write_on_a_killed_connection_is_retried_once(
 ) -> None:
     app = one_connection_app
     client = app.test_client()
+    admin = _admin(app)
     _kill_pooled_connection(app, backend)
-    response = client.post(f"{API}/campaigns", json=CAMPAIGN, headers=_admin())
+    response = client.post(f"{API}/campaigns", json=CAMPAIGN, headers=admin)
     assert response.status_code == 201, response.get_json()
     assert count_rows(app, Campaign) == 1
 
@@ -96,17 +116,44 @@ def test_without_the_retry_the_same_kill_fails_the_transaction(
 
 
 @pytest.mark.fault
-def test_a_read_on_a_killed_connection_is_never_a_500(
+def test_a_read_on_a_killed_connection_is_retried_once(
     one_connection_app: Flask, backend: str
 ) -> None:
+    """GET is a safe method: the Flask integration runs its view once more on a fresh
+    connection (pooltender.failures.register_error_handlers, reset_session)."""
     app = one_connection_app
     client = app.test_client()
+    admin = _admin(app)
+    assert client.post(f"{API}/campaigns", json=CAMPAIGN, headers=admin).status_code == 201
     _kill_pooled_connection(app, backend)
-    first = client.get(f"{API}/campaigns", headers=_admin())
-    assert first.status_code in (200, 503), first.get_json()
-    if first.status_code == 503:
-        assert first.headers["Retry-After"] == "1"
-    assert client.get(f"{API}/campaigns", headers=_admin()).status_code == 200
+    first = client.get(f"{API}/campaigns", headers=admin)
+    assert first.status_code == 200, first.get_json()
+    assert len(first.get_json()["items"]) == 1
+
+
+@pytest.mark.fault
+def test_an_unsafe_request_is_not_rerun_by_the_web_layer(
+    one_connection_app: Flask, backend: str
+) -> None:
+    """A POST that only reads (validate) is not re-run by the web layer: 503, never 500."""
+    app = one_connection_app
+    client = app.test_client()
+    admin = _admin(app)
+    made = client.post(f"{API}/campaigns", json=CAMPAIGN, headers=admin)
+    assert made.status_code == 201
+    code = client.post(
+        f"{API}/campaigns/{made.get_json()['id']}/codes", json={"code": "RERUN-1"}, headers=admin
+    )
+    assert code.status_code == 201
+    _kill_pooled_connection(app, backend)
+    response = client.post(
+        f"{API}/coupons/RERUN-1/validate",
+        json={"customer_id": "c", "order_total": "10.00"},
+        headers=admin,
+    )
+    assert response.status_code in (200, 503), response.get_json()
+    if response.status_code == 503:
+        assert response.headers["Retry-After"] == "1"
 
 
 @pytest.mark.fault

@@ -260,3 +260,35 @@ def test_a_validly_signed_token_with_bad_claims_is_401(
 
 
 Rows = Callable[[Any], int]
+
+
+def test_a_wrong_method_is_405_with_allow(client: FlaskClient, admin: Headers) -> None:
+    response = client.delete(f"{API}/campaigns", headers=admin)
+    assert_refused(response, (405,))
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def test_the_document_describes_the_error_shape_we_send(
+    client: FlaskClient, admin: Headers, ready: int
+) -> None:
+    spec = client.get("/openapi.json").get_json()
+    components = spec["components"]
+    assert "Error" not in components["schemas"], "flask-smorest's error shape is not ours"
+    for name in ("DEFAULT_ERROR", "UNPROCESSABLE_ENTITY"):
+        schema = components["responses"][name]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ApiError"}
+    body_schema = components["schemas"]["ApiErrorBody"]
+    answers = [
+        send(client, "POST", f"{API}/campaigns", json.dumps(campaign(is_active=0)), admin),
+        client.get(f"{API}/campaigns/999999", headers=admin),
+        client.get(f"{API}/campaigns"),
+        client.delete(f"{API}/campaigns", headers=admin),
+    ]
+    for response in answers:
+        body = response.get_json()
+        assert set(body) == {"error"}
+        assert set(body_schema["required"]) <= set(body["error"])
+        for key, value in body["error"].items():
+            if key in body_schema["properties"]:
+                kind = body_schema["properties"][key]["type"]
+                assert isinstance(value, {"string": str, "object": dict}[kind]), (key, value)

@@ -12,6 +12,7 @@ from flask_smorest import Api
 from coupons.api import register
 from coupons.api.common import require_admin, require_admin_token
 from coupons.api.lean import NoCookieSession
+from coupons.api.schemas import CouponsApi
 from coupons.appsettings import attach_settings, settings_of
 from coupons.config import Settings
 from coupons.db import db, install_sqlite_hooks
@@ -45,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         with app.app_context():
             install_sqlite_hooks(db.engine)
 
-    api = Api(app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}})
+    api: Api = CouponsApi(
+        app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}}
+    )
     register(app, api)
     return app
 

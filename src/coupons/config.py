@@ -47,6 +47,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pooltender.settings import (
+    ADMISSION_PREFIX,
+    ADMISSION_SWITCH,
     EXTENSION_SETTING_KEYS,
     FLEET_PREFIX,
     PoolSettings,
@@ -285,7 +287,9 @@ class Settings:
             pooltender_config={
                 k: v
                 for k, v in env.items()
-                if k in EXTENSION_SETTING_KEYS or k.startswith(FLEET_PREFIX)
+                if k in EXTENSION_SETTING_KEYS
+                or k == ADMISSION_SWITCH
+                or k.startswith((FLEET_PREFIX, ADMISSION_PREFIX))
             },
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900, minimum=1),
             refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL", 14 * 24 * 3600, minimum=1),

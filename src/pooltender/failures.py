@@ -54,6 +54,7 @@ __all__ = [
     "classify",
     "describe",
     "is_retryable_conflict",
+    "is_retryable_disconnect",
     "is_unavailable",
     "register_error_handlers",
 ]
@@ -192,6 +193,22 @@ def is_retryable_conflict(error: BaseException) -> bool:
     return classify(error) is Failure.CONFLICT
 
 
+def is_retryable_disconnect(error: BaseException) -> bool:
+    """True when a *statement* failed because the connection died, so the transaction never
+    reached COMMIT and the server rolled it back: safe to run again on a fresh connection.
+
+    SQLAlchemy wraps a failed COMMIT (and a failed connect) with no statement, so
+    ``error.statement is None`` excludes both: a COMMIT-time disconnect has an unknown
+    outcome, and a server that refuses connections is down, not flaky.
+    """
+    return (
+        isinstance(error, sa_exc.DBAPIError)
+        and error.connection_invalidated
+        and error.statement is not None
+        and classify(error) is Failure.UNAVAILABLE
+    )
+
+
 def describe(error: BaseException) -> str:
     """One line naming the failure, no traceback: ``(2003, "Can't connect to ... (111)")``.
 
@@ -210,11 +227,16 @@ def describe(error: BaseException) -> str:
 # --------------------------------------------------------------------------- Flask
 
 
+#: Methods whose requests are re-run once after a disconnect (RFC 9110 safe methods).
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def register_error_handlers(
     app: Flask,
     *,
     retry_after: int = 1,
     on_unavailable: Callable[[Failure], None] | None = None,
+    reset_session: Callable[[], None] | None = None,
 ) -> None:
     """Answer a database that is unavailable, or an exhausted pool, with 503 + Retry-After.
 
@@ -224,17 +246,46 @@ def register_error_handlers(
     request buried the log during one); ``on_unavailable`` is called once per such request
     (the extension counts them into ``pooltender_requests_unavailable_total``).
 
+    With ``reset_session`` (the extension passes ``db.session.rollback``), a request of a safe
+    method (GET, HEAD, OPTIONS) whose statement failed on a dead connection
+    (:func:`is_retryable_disconnect`: killed, timed out by the server, dropped inside the
+    idle-ping window) is run once more, view only, on a fresh connection, before any 503.
+
     Other database errors are re-raised, so the application's own handlers (or Flask's 500)
     see them unchanged. Handlers are registered on the exception classes that can carry an
     outage (``DBAPIError``, ``DisconnectionError``, the pool's ``TimeoutError``); a more
     specific handler the app registers (e.g. for ``IntegrityError``) still wins.
     """
-    from flask import jsonify, request
+    from flask import current_app, g, jsonify, request
+
+    def _retry_once(error: Exception) -> Response | None:
+        if (
+            reset_session is None
+            or request.method not in SAFE_METHODS
+            or g.get("_pooltender_retried")
+            or not is_retryable_disconnect(error)
+        ):
+            return None
+        g._pooltender_retried = True
+        log.info(
+            "%s %s: connection lost (%s); retrying once",
+            request.method,
+            request.path,
+            describe(error),
+        )
+        reset_session()
+        try:
+            return current_app.make_response(current_app.dispatch_request())
+        except Exception as again:
+            return _handle(again)
 
     def _handle(error: Exception) -> Response:
         kind = classify(error)
         if kind not in (Failure.UNAVAILABLE, Failure.POOL_EXHAUSTED):
             raise error
+        retried = _retry_once(error)
+        if retried is not None:
+            return retried
         assert kind is not None
         if on_unavailable is not None:
             on_unavailable(kind)

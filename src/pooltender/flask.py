@@ -215,7 +215,10 @@ class Pooltender:
         app.register_error_handler(PoolExhausted, self._shed_response)
         # failures.py: an unreachable database (or a dry pool outside shedding) is 503 too.
         register_error_handlers(
-            app, retry_after=state.options.retry_after, on_unavailable=state.count_unavailable
+            app,
+            retry_after=state.options.retry_after,
+            on_unavailable=state.count_unavailable,
+            reset_session=db.session.rollback,
         )
         self._add_routes(app, state)
         # admission control (issue 10): wraps app.wsgi_app, so it runs before Flask's request

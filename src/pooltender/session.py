@@ -35,10 +35,9 @@ from sqlalchemy.orm import Session, scoped_session
 from pooltender.failures import (
     MYSQL_CONFLICT,
     POSTGRES_CONFLICT,
-    Failure,
-    classify,
     describe,
     is_retryable_conflict,
+    is_retryable_disconnect,
 )
 from pooltender.watch import unit_scope
 
@@ -159,22 +158,6 @@ def bulk_update_chunks(
     exist are updated; a mapping whose key matches no row changes nothing).
     """
     return _execute_in_chunks(session, update(model), rows, chunk_size)
-
-
-def is_retryable_disconnect(error: BaseException) -> bool:
-    """True when a *statement* failed because the connection died, so the transaction never
-    reached COMMIT and the server rolled it back: safe to run again on a fresh connection.
-
-    SQLAlchemy wraps a failed COMMIT (and a failed connect) with no statement, so
-    ``error.statement is None`` excludes both: a COMMIT-time disconnect has an unknown
-    outcome, and a server that refuses connections is down, not flaky.
-    """
-    return (
-        isinstance(error, DBAPIError)
-        and error.connection_invalidated
-        and error.statement is not None
-        and classify(error) is Failure.UNAVAILABLE
-    )
 
 
 def retry_transaction(

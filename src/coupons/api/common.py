@@ -6,18 +6,21 @@ import functools
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from coupons.appsettings import settings_of
+from coupons.db import db
 from coupons.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
 from coupons.models import Role
-from coupons.services.auth import Principal, decode_access_token
+from coupons.services.auth import AccountCache, Principal, decode_access_token
 from pooltender.failures import describe
 
 log = logging.getLogger(__name__)
@@ -232,7 +235,10 @@ def install_error_handlers(app: Flask) -> None:
             return error_response(status, "internal_error", "an unexpected error occurred")
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
-        return error_response(status, code, message)
+        response = error_response(status, code, message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110 15.5.6
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -258,10 +264,36 @@ def current_principal() -> Principal:
     return cast(Principal, principal)
 
 
+_ACCOUNTS_LOCK = threading.Lock()
+
+
+def account_cache() -> AccountCache:
+    """This app's :class:`~coupons.services.auth.AccountCache` (one per app per process)."""
+    app = current_app
+    cache: AccountCache | None = app.extensions.get("coupons.accounts")
+    if cache is None:
+        with _ACCOUNTS_LOCK:
+            cache = app.extensions.get("coupons.accounts")
+            if cache is None:
+                settings = settings_of(app)
+                url = make_url(settings.database_url)
+                memory = url.get_backend_name() == "sqlite" and url.database in (
+                    None,
+                    "",
+                    ":memory:",
+                )
+                # an in-memory SQLite database exists only behind the app's own engine
+                cache = AccountCache(settings, db.engine if memory else None)
+                app.extensions["coupons.accounts"] = cache
+    return cache
+
+
 def authenticate() -> Principal:
-    """Decode the bearer token of this request; no database access."""
+    """Decode the bearer token of this request and check it against the account cache
+    (no database access, except the cache's refresh at most once a second)."""
     settings = settings_of(current_app)
     principal = decode_access_token(_bearer_token(), settings.secret_key)
+    account_cache().check(principal)
     g.principal = principal
     return principal
 
@@ -274,6 +306,7 @@ def require_admin() -> Principal:
 def require_admin_token(token: str) -> Principal:
     """Like :func:`require_admin` for a token that did not come in the Authorization header."""
     principal = decode_access_token(token, settings_of(current_app).secret_key)
+    account_cache().check(principal)
     g.principal = principal
     return _admin_only(principal)
 

@@ -13,7 +13,16 @@ import decimal
 import re
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
+from flask_smorest import Api
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    validate,
+    validates_schema,
+)
 
 from coupons.models import DiscountType
 
@@ -141,14 +150,33 @@ def _when(**kwargs: Any) -> fields.AwareDateTime:
 
 
 class ApiErrorBodySchema(Schema):
+    """The error body: a stable ``code``, a ``message`` for people, ``fields`` on validation
+    errors (field name -> problems), and any details the error carries."""
+
+    class Meta:
+        unknown = INCLUDE  # service errors may add details beside code and message
+
     code = fields.String(required=True, metadata={"example": "coupon_exhausted"})
     message = fields.String(required=True)
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        metadata={"description": "validation_error only: each invalid field's problems"},
+    )
 
 
 class ApiErrorSchema(Schema):
     """``{"error": {"code": ..., "message": ...}}``: the shape of every error response."""
 
     error = fields.Nested(ApiErrorBodySchema, required=True)
+
+
+class CouponsApi(Api):  # type: ignore[misc]  # flask-smorest is untyped
+    """flask-smorest's ``Api`` documenting the error shape the service really sends: its
+    default and per-status error responses (``DEFAULT_ERROR``, ``UNPROCESSABLE_ENTITY``...)
+    reference :class:`ApiErrorSchema`, not flask-smorest's ``{code, status, message, errors}``."""
+
+    ERROR_SCHEMA = ApiErrorSchema
 
 
 # --------------------------------------------------------------------------- campaigns

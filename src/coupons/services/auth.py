@@ -30,11 +30,14 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import os
 import re
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import jwt
 from argon2 import PasswordHasher, Type
@@ -89,11 +92,13 @@ _dummy: tuple[PasswordHasher, str] | None = None
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: from a verified access token."""
+    """Who is calling: from a verified access token. ``family`` is the refresh-token family
+    the token was issued with (None for tokens minted outside login/refresh)."""
 
     user_id: int
     email: str
     role: str
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ def issue_access_token(principal: Principal, secret: str, ttl: int) -> str:
         "exp": now + dt.timedelta(seconds=ttl),
         "typ": "access",
     }
+    if principal.family is not None:
+        claims["fam"] = principal.family
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -154,6 +161,7 @@ def decode_access_token(token: str, secret: str) -> Principal:
     except jwt.InvalidTokenError:
         raise Unauthorized("the access token is not valid", code="invalid_token") from None
     sub, email, role = claims.get("sub"), claims.get("email"), claims.get("role")
+    family = claims.get("fam")
     # A token signed with our key can still carry claims we never issue (a leaked key, an
     # old format, a hand-made test token): each claim is checked, a bad one is a 401.
     if (
@@ -163,9 +171,10 @@ def decode_access_token(token: str, secret: str) -> Principal:
         or not isinstance(email, str)
         or not email
         or role not in _ROLE_VALUES
+        or not (family is None or (isinstance(family, str) and 0 < len(family) <= 32))
     ):
         raise Unauthorized("the access token is not valid", code="invalid_token")
-    return Principal(user_id=int(sub), email=email, role=role)
+    return Principal(user_id=int(sub), email=email, role=role, family=family)
 
 
 # --------------------------------------------------------------------------- validation
@@ -468,9 +477,14 @@ def _new_refresh_token(user_id: int, family_id: str, now: dt.datetime, ttl: int)
     return token
 
 
-def _tokens_for(principal: Principal, refresh_token: str, settings: Settings) -> TokenPair:
+def _tokens_for(
+    principal: Principal, refresh_token: str, settings: Settings, family_id: str
+) -> TokenPair:
+    with_family = Principal(principal.user_id, principal.email, principal.role, family_id)
     return TokenPair(
-        access_token=issue_access_token(principal, settings.secret_key, settings.access_token_ttl),
+        access_token=issue_access_token(
+            with_family, settings.secret_key, settings.access_token_ttl
+        ),
         refresh_token=refresh_token,
         expires_in=settings.access_token_ttl,
     )
@@ -554,7 +568,7 @@ def login(email: str, password: str, address: str, settings: Settings) -> TokenP
             )
         family_id = secrets.token_hex(16)
         token = _new_refresh_token(user_id, family_id, now, settings.refresh_token_ttl)
-        return _tokens_for(principal, token, settings)
+        return _tokens_for(principal, token, settings, family_id)
 
     return transaction(grant)
 
@@ -604,7 +618,7 @@ def refresh(refresh_token: str, settings: Settings) -> TokenPair:
             return reused
         new_token = _new_refresh_token(user.id, row.family_id, now, settings.refresh_token_ttl)
         principal = Principal(user_id=user.id, email=user.email, role=user.role)
-        return _tokens_for(principal, new_token, settings)
+        return _tokens_for(principal, new_token, settings, row.family_id)
 
     outcome = transaction(rotate)
     if isinstance(outcome, TokenPair):
@@ -645,3 +659,128 @@ def logout(user_id: int, refresh_token: str) -> bool:
         return _revoke_family(row.family_id, utcnow()) > 0
 
     return transaction(revoke)
+
+
+# --------------------------------------------------------------------------- account cache
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """What the cache knows: each user's role and whether it is active, and the refresh-token
+    families revoked recently enough that access tokens issued with them are still unexpired."""
+
+    taken_at: float  # time.monotonic()
+    users: Mapping[int, tuple[str, bool]]
+    revoked_families: frozenset[str]
+
+
+class AccountCache:
+    """Makes access tokens follow their account, without a database read per request.
+
+    An access token is checked against a per-process snapshot of the users (role, active)
+    and of the recently revoked refresh-token families (a logout, or a reuse detected),
+    refreshed at most once per :data:`REFRESH_EVERY` second by the request that finds it
+    stale. So a user disabled, deleted or demoted, or a session logged out, loses access
+    within about a second (plus one refresh's duration) in every worker process (each has
+    its own cache), instead of when its token expires (``ACCESS_TOKEN_TTL``). A token for a
+    user the snapshot does not know (created since) forces one refresh.
+
+    The snapshot is read on an engine of its own with ``NullPool``: at most one short-lived
+    connection per second per process, outside the request's pool, so the request's own
+    connection count and statements are unchanged (see :meth:`snapshot` for what a refresh
+    in progress or a failed one means for other requests).
+
+    Cost: one ``SELECT id, role, is_active FROM users`` (all users: coupons has admins and
+    service accounts, not customers) and one query over the refresh tokens revoked within the
+    access-token lifetime, per second per process.
+    """
+
+    REFRESH_EVERY: Final = 1.0
+
+    def __init__(self, settings: Settings, engine: Any | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._engine_pid = os.getpid()
+        self._lock = threading.Lock()
+        self._snapshot: AccountSnapshot | None = None
+        self._retry_after = 0.0
+
+    def _make_engine(self) -> Any:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        connect_args = self._settings.engine_options().get("connect_args", {})
+        return create_engine(
+            self._settings.database_url, poolclass=NullPool, connect_args=connect_args
+        )
+
+    def _load(self) -> AccountSnapshot:
+        if self._engine is None or self._engine_pid != os.getpid():  # first use, or forked
+            self._engine, self._engine_pid = self._make_engine(), os.getpid()
+        since = utcnow() - dt.timedelta(seconds=self._settings.access_token_ttl + 60)
+        recent = RefreshToken.__table__.alias("recent")
+        live = (
+            select(RefreshToken.id)
+            .where(RefreshToken.family_id == recent.c.family_id, RefreshToken.revoked_at.is_(None))
+            .exists()
+        )
+        with self._engine.connect() as conn:
+            users = {
+                int(row.id): (str(row.role), bool(row.is_active))
+                for row in conn.execute(select(User.id, User.role, User.is_active))
+            }
+            revoked = frozenset(
+                conn.execute(
+                    select(recent.c.family_id).where(recent.c.revoked_at > since, ~live).distinct()
+                ).scalars()
+            )
+        return AccountSnapshot(time.monotonic(), users, revoked)
+
+    def snapshot(self, *, force: bool = False) -> AccountSnapshot:
+        """The current snapshot, refreshed first when stale (or ``force``).
+
+        Only the first request (no snapshot yet) and a forced refresh wait for a refresh;
+        otherwise a request that finds another one refreshing uses the previous snapshot.
+        A failed refresh raises in the request that ran it (a 503 when the database is
+        unavailable: that request already waited one driver bound) and is not retried for
+        :data:`REFRESH_EVERY` seconds; other requests keep the previous snapshot meanwhile
+        (and meet the database's trouble, if any, in their own statements).
+        """
+        current = self._snapshot
+        now = time.monotonic()
+        fresh = current is not None and (
+            now - current.taken_at < self.REFRESH_EVERY or now < self._retry_after
+        )
+        if fresh and not force:
+            assert current is not None
+            return current
+        if not self._lock.acquire(blocking=current is None or force):
+            assert current is not None
+            return current  # another request is refreshing it
+        try:
+            latest = self._snapshot
+            if latest is not None and latest is not current and not force:
+                return latest  # refreshed by another request while this one waited
+            try:
+                self._snapshot = self._load()
+            except Exception:
+                # This request spent its wait on the refresh: it fails (503 when the database
+                # is unavailable) rather than wait again for its own statements; the others
+                # keep the previous snapshot until the next attempt.
+                self._retry_after = time.monotonic() + self.REFRESH_EVERY
+                raise
+            return self._snapshot
+        finally:
+            self._lock.release()
+
+    def check(self, principal: Principal) -> None:
+        """Raise 401 ``invalid_token`` unless ``principal`` still holds: its user exists, is
+        active, has the token's role, and the token's family is not revoked."""
+        snap = self.snapshot()
+        entry = snap.users.get(principal.user_id)
+        if entry is None:
+            snap = self.snapshot(force=True)
+            entry = snap.users.get(principal.user_id)
+        revoked = principal.family is not None and principal.family in snap.revoked_families
+        if entry is None or not entry[1] or entry[0] != principal.role or revoked:
+            raise Unauthorized("the access token is no longer valid", code="invalid_token")
