@@ -70,7 +70,7 @@ def database_url(bouncer: PgBouncer) -> str:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    """As in test_concurrency.py (queue, never shed), plus the proxy setting."""
+    """As in test_concurrency.py (queue, never shed, admission off), plus the proxy setting."""
     pool = PoolSettings(
         pool_size=8,
         max_overflow=4,
@@ -78,7 +78,9 @@ def settings(database_url: str) -> Settings:
         shed_wait=120,
         proxy="pgbouncer-transaction",
     )
-    return make_settings(database_url, pool=pool)
+    return make_settings(
+        database_url, pool=pool, pooltender_config={"POOLTENDER_ADMISSION": "false"}
+    )
 
 
 @pytest.fixture

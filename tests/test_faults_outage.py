@@ -140,7 +140,9 @@ def test_a_stopped_database_is_503_then_recovers_with_an_exact_ledger(
     assert failures, "the outage was never felt"
     assert all(a.retry_after == "1" for a in failures)
     assert all(
-        a.body and a.body["error"]["code"] in ("database_unavailable", "service_unavailable")
+        # admission control may shed the requests queued behind the outage: 503 + Retry-After too
+        a.body
+        and a.body["error"]["code"] in ("database_unavailable", "service_unavailable", "overloaded")
         for a in failures
     )  # type: ignore[index]
     slowest = max(a.ended - a.started for a in failures)

@@ -78,7 +78,8 @@ def test_psycopg_defaults_break_behind_transaction_pooling(bouncer: PgBouncer) -
 
 def test_proxy_setting_turns_prepared_statements_off(bouncer: PgBouncer) -> None:
     options = PROXY.engine_options(bouncer.url())
-    assert options["connect_args"] == {"prepare_threshold": None}
+    # prepared statements off, beside the driver's connect timeout (pooltender.settings)
+    assert options["connect_args"] == {"prepare_threshold": None, "connect_timeout": 10}
     engine = create_engine(bouncer.url(), **options)
     try:
         two_clients_repeat_a_query(engine)  # no DuplicatePreparedStatement
@@ -89,8 +90,12 @@ def test_proxy_setting_turns_prepared_statements_off(bouncer: PgBouncer) -> None
 def test_proxy_setting_from_the_environment() -> None:
     settings = PoolSettings.from_env({"POOLTENDER_PROXY": "PgBouncer-Transaction"})
     assert settings.proxy == "pgbouncer-transaction"
-    assert "connect_args" not in settings.engine_options("mysql+mysqldb://u@h/db")
-    assert "connect_args" not in PoolSettings().engine_options("postgresql+psycopg://u@h/db")
+    # the proxy adds nothing to a MySQL URL, nor to PostgreSQL without the proxy: only the
+    # driver timeouts stay
+    mysql = settings.engine_options("mysql+mysqldb://u@h/db")["connect_args"]
+    assert mysql == {"connect_timeout": 10, "read_timeout": 10, "write_timeout": 10}
+    plain = PoolSettings().engine_options("postgresql+psycopg://u@h/db")["connect_args"]
+    assert plain == {"connect_timeout": 10}
     with pytest.raises(ValueError, match="POOLTENDER_PROXY='pgbouncer': must be one of none"):
         PoolSettings.from_env({"POOLTENDER_PROXY": "pgbouncer"})
 

@@ -134,8 +134,8 @@ def _guard_input() -> Response | None:
     path = request.path
     if not path.isascii() and any(not ch.isascii() and ch.isdigit() for ch in path):
         # Werkzeug's int converter matches any Unicode digit (Arabic-Indic one, U+0661, in
-        # /campaigns/<id> reached campaign 1).
-        return error_response(404, "not_found", "no such resource")
+        # /campaigns/<id> reached campaign 1): the answer of a URL no route matches
+        return error_response(404, _HTTP_CODES[404], "no such resource")
     for name, value in request.args.items(multi=True):
         refused = _refused_string(value, name)
         if refused is not None:
