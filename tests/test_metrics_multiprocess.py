@@ -172,6 +172,13 @@ def test_counters_never_drop_across_workers_and_recycling(served: Served) -> Non
     while not all((metrics_dir / f"counter_{pid}.db").exists() for pid in first):
         assert time.monotonic() < deadline, f"not every worker got traffic: {first}"
         traffic(served.base)
+    # a worker mirrors its pool counters at most once a second after requests (and at a
+    # scrape it answers itself): wait until the pool's counter is in the aggregate
+    checkouts = ("pooltender_pool_checkouts_total", (("engine", "default"),))
+    while checkouts not in counter_samples(_get(f"{served.base}/metrics")):
+        assert time.monotonic() < deadline, "no pool checkouts in /metrics"
+        traffic(served.base)
+        time.sleep(0.2)
 
     scrapes: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
     killed: list[int] = []
@@ -184,7 +191,6 @@ def test_counters_never_drop_across_workers_and_recycling(served: Served) -> Non
             wait_for_replacement(served, victim)
             killed.append(victim)
 
-    checkouts = ("pooltender_pool_checkouts_total", (("engine", "default"),))
     assert all(checkouts in scrape for scrape in scrapes)
     assert scrapes[-1][checkouts] > scrapes[0][checkouts]
     for before, after, number in zip(scrapes, scrapes[1:], range(2, SCRAPES + 1), strict=False):

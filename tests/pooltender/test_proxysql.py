@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from pooltender.budget import ConnectionBudget, FleetShape, ProxyShape, WorkerModel
 from pooltender.cli import main
-from pooltender.limits import ServerLimits
+from pooltender.server.limits import ServerLimits
 from pooltender.proxysql import (
     Backend,
     ProxySQLConfigError,
