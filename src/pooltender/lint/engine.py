@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -35,6 +36,7 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violation
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
+from pooltender.lint.prefilter import could_fire
 from pooltender.lint.rules import ALIASES, ALL_CODES, RULES, engine_code_severity
 from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
 
@@ -248,6 +250,22 @@ def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, V
         return None, _syntax_violation(path, exc)
 
 
+def _parse_ast(source: str, path: str) -> tuple[ast.Module | None, Violation | None]:
+    """The stdlib ``ast`` tree (C parser), or the syntax error as POL000."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = compile(source, path, "exec", dont_inherit=True, flags=ast.PyCF_ONLY_AST)
+    except RecursionError:
+        return None, Violation(path, 1, 1, "POL000", "syntax error: nesting too deep to parse")
+    except (SyntaxError, ValueError) as exc:
+        return None, _syntax_violation(path, exc)
+    except Exception as exc:
+        return None, _syntax_violation(path, exc)
+    assert isinstance(tree, ast.Module)
+    return tree, None
+
+
 @dataclass
 class _Analysis:
     violations: list[Violation]
@@ -269,7 +287,19 @@ def _analyze(
         for r in RULES
         if r.code in config.select and (all_rules or r.could_fire(source, summaries))
     ]
-    module, error = _parse(source, path, need_cst=bool(rules))
+    module: cst.Module | None = None
+    error: Violation | None = None
+    checked = False
+    if rules and not all_rules:  # ast (C speed) decides which rules can fire at all
+        tree, error = _parse_ast(source, path)
+        checked = True
+        if tree is not None:
+            codes = could_fire(
+                [r.code for r in rules], tree, path, source, config, summaries or {}, relationships
+            )
+            rules = [r for r in rules if r.code in codes]
+    if error is None and not (checked and not rules):
+        module, error = _parse(source, path, need_cst=bool(rules))
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
     if error is not None:
