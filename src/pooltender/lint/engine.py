@@ -289,6 +289,7 @@ def _analyze(
     ]
     module: cst.Module | None = None
     error: Violation | None = None
+    tree: ast.Module | None = None
     checked = False
     if rules and not all_rules:  # ast (C speed) decides which rules can fire at all
         tree, error = _parse_ast(source, path)
@@ -309,7 +310,7 @@ def _analyze(
     ctx = None
     found: list[tuple[Finding, str]] = []
     if module is not None:
-        ctx = FileContext(path, source, module, config, relationships, summaries)
+        ctx = FileContext(path, source, module, config, relationships, summaries, tree)
         for rule in rules:
             try:
                 found.extend((f, rule.severity) for f in rule.check(ctx))
