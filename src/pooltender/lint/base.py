@@ -11,6 +11,7 @@ or ``unsafe`` (behaviour changes in a way the author should review), after ruff'
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,6 +209,7 @@ _AST_TWIN: dict[type[cst.CSTNode], str] = {
     cst.While: "while",
     cst.For: "for",
     cst.ExceptHandler: "except",
+    cst.Attribute: "attribute",  # except dotted module names in imports (strings in ast)
 }
 
 
@@ -220,32 +222,48 @@ def _std_kinds() -> dict[type, str]:
         std_ast.For: "for",
         std_ast.AsyncFor: "for",
         std_ast.ExceptHandler: "except",
+        std_ast.Attribute: "attribute",
     }
 
 
 _STD_KIND = _std_kinds()
+# Python 3.11 reports exact positions inside f-strings, multi-line ones included (checked by
+# tests/pooltender/lint/test_positions.py and on the 49,000 calls, loops and except clauses of
+# the lint corpus); older interpreters fall back to libcst's positions for such files.
+_FSTRING_GUARD = sys.version_info < (3, 11)
+
+
+# libcst's field order differs from source order for these types (decorators, bases and
+# return annotations after a body, an except clause's type after its body, positional-only
+# parameters last, a conditional expression's test first)
+_SOURCE_ORDER: dict[type[cst.CSTNode], tuple[str, ...]] = {
+    cst.ClassDef: ("decorators", "name", "type_parameters", "bases", "keywords", "body"),
+    cst.FunctionDef: ("decorators", "name", "type_parameters", "params", "returns", "body"),
+    cst.ExceptHandler: ("type", "name", "body"),
+    cst.Parameters: (
+        "posonly_params",
+        "posonly_ind",
+        "params",
+        "star_arg",
+        "kwonly_params",
+        "star_kwarg",
+    ),
+    cst.IfExp: ("body", "test", "orelse"),
+}
 
 
 def _source_children(node: cst.CSTNode) -> list[cst.CSTNode]:
-    children = list(iter_children(node))
-    if isinstance(node, cst.FunctionDef | cst.ClassDef) and node.decorators:
-        first = list(node.decorators)
-        rest = [c for c in children if all(c is not d for d in first)]
-        if isinstance(node, cst.FunctionDef) and node.returns is not None:
-            returns = node.returns
-            rest = [c for c in rest if c is not returns]
-            at = next(i for i, c in enumerate(rest) if c is node.body)
-            rest.insert(at, returns)
-        return first + rest
-    if isinstance(node, cst.FunctionDef) and node.returns is not None:
-        returns = node.returns
-        rest = [c for c in children if c is not returns]
-        at = next(i for i, c in enumerate(rest) if c is node.body)
-        rest.insert(at, returns)
-        return rest
-    if isinstance(node, cst.IfExp):
-        return [node.body, node.test, node.orelse]
-    return children
+    fields = _SOURCE_ORDER.get(type(node))
+    if fields is None:
+        return list(iter_children(node))
+    out: list[cst.CSTNode] = []
+    for name in fields:
+        value = getattr(node, name, None)
+        if isinstance(value, cst.CSTNode):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return out
 
 
 class _Indexer:
@@ -380,7 +398,7 @@ class FileContext:
 
     def _ast_position(self, node: cst.CSTNode) -> CodeRange | None:
         kind = _AST_TWIN.get(type(node))
-        if kind is None:
+        if kind is None or (kind == "attribute" and self._in_import(node)):
             return None
         if self._ast_map is None:
             self._ast_map = self._build_ast_map()
@@ -400,13 +418,13 @@ class FileContext:
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 return out
         lines = self.source.splitlines(keepends=True)
-        if any(
+        if _FSTRING_GUARD and any(
             isinstance(n, std_ast.JoinedStr)
             and n.lineno != n.end_lineno
-            and any(isinstance(m, std_ast.Call) for m in std_ast.walk(n))
+            and any(isinstance(m, std_ast.Call | std_ast.Attribute) for m in std_ast.walk(n))
             for n in std_ast.walk(tree)
         ):
-            return out  # positions inside multi-line f-strings are unreliable before 3.12
+            return out  # positions inside multi-line f-strings: unreliable before 3.11
 
         def column(line: int, offset: int) -> int:
             text = lines[line - 1] if 0 < line <= len(lines) else ""
@@ -421,6 +439,8 @@ class FileContext:
             if kind in out:
                 continue
             ours = [n for t, k in _AST_TWIN.items() if k == kind for n in self.nodes(t)]
+            if kind == "attribute":
+                ours = [n for n in ours if not self._in_import(n)]
             theirs = by_kind.get(kind, [])
             if len(ours) != len(theirs):
                 continue
@@ -444,6 +464,9 @@ class FileContext:
                 )
             out[kind] = table
         return out
+
+    def _in_import(self, node: cst.CSTNode) -> bool:
+        return any(isinstance(a, cst.Import | cst.ImportFrom) for a in self.ancestors(node))
 
     def _order(self) -> dict[cst.CSTNode, int]:
         """Source-order index of every node (by start, outer first): a pre-order walk whose

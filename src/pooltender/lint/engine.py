@@ -5,9 +5,12 @@ Contract:
 * Never raises on file content. A file that cannot be read, decoded or parsed is reported as
   **POL000**; an exception inside a rule (a bug of ours) is reported as **POL999** and the other
   rules still run -- so a crash is countable, which the standard-library test does.
-* Parse once: a file is parsed with libcst only when at least one selected rule's trigger text
-  occurs in it; other files are only syntax-checked with :func:`compile` (C speed), which is
-  what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off (tests).
+* Parse cheaply first: a file is parsed with the standard library's ``ast`` (C speed; also the
+  syntax check), each selected rule's text triggers and then its necessary condition on that
+  tree (:mod:`pooltender.lint.prefilter`) decide whether it can fire, and libcst parses the
+  file only when one can. Finding positions come from the same ``ast`` tree where possible.
+  This is what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off;
+  tests/pooltender/lint/test_modes.py requires both paths to report the same findings.
 * Fixes: the applicable fixes of a pass are applied together when their ranges do not overlap,
   the result is re-parsed and re-linted, up to :data:`MAX_FIX_PASSES`; a fix whose output does
   not parse is discarded and reported as POL999. Only ``safe`` fixes apply unless

@@ -34,14 +34,16 @@ def test_ast_positions_match_libcst(source: str) -> None:
     module = cst.parse_module(source)
     ctx = FileContext("x.py", source, module, default_config())
     expected = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
-    checked = 0
     for node_type in _AST_TWIN:
         for node in ctx.nodes(node_type):
             fast = ctx._ast_position(node)
             if fast is None:
                 continue
-            checked += 1
             want = expected[node]
             assert (fast.start.line, fast.start.column) == (want.start.line, want.start.column)
             assert (fast.end.line, fast.end.column) == (want.end.line, want.end.column), node
-    assert checked or not any(ctx.nodes(t) for t in _AST_TWIN) or "f'" in source or 'f"' in source
+    fell_back = [n for t in _AST_TWIN for n in ctx.nodes(t) if ctx._ast_position(n) is None]
+    # only dotted module names in imports have no ast twin, unless the whole file falls back
+    # (a call inside a multi-line f-string, where ast positions are unreliable before 3.12)
+    whole_file = not any(ctx._ast_map.values()) if ctx._ast_map is not None else True
+    assert whole_file or all(ctx._in_import(n) for n in fell_back), fell_back[:3]
