@@ -430,8 +430,10 @@ class FileContext:
             text = lines[line - 1] if 0 < line <= len(lines) else ""
             return len(text.encode("utf-8")[:offset].decode("utf-8", errors="replace"))
 
+        from pooltender.lint.prefilter import nodes_of
+
         by_kind: dict[str, list[std_ast.AST]] = {}
-        for n in std_ast.walk(tree):
+        for n in nodes_of(tree):
             kind = _STD_KIND.get(type(n))
             if kind is not None:
                 by_kind.setdefault(kind, []).append(n)

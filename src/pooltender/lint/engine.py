@@ -39,9 +39,15 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violation
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
-from pooltender.lint.prefilter import could_fire
+from pooltender.lint.prefilter import FileFacts, facts_of
 from pooltender.lint.rules import ALIASES, ALL_CODES, RULES, engine_code_severity
-from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
+from pooltender.lint.scopes import file_kind
+from pooltender.lint.summaries import (
+    FunctionSummary,
+    merge_maps,
+    summarize_source,
+    summarize_tree,
+)
 
 MAX_FIX_PASSES = 10
 _KNOWN = frozenset(ALL_CODES)
@@ -144,6 +150,7 @@ def display_path(path: Path) -> str:
 
 # -- project facts ---------------------------------------------------------------------------
 
+_NO_SUMMARY = frozenset({"test", "migration"})
 # A file none of whose functions can have a summary worth keeping is not parsed for one.
 _SUMMARY_WORDS = re.compile(
     r"session|query|sleep|requests|httpx|urlopen|hash|password|bcrypt|upload|download|subprocess"
@@ -284,7 +291,10 @@ def _analyze(
     relationships: Mapping[str, bool],
     all_rules: bool,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
 ) -> _Analysis:
+    """``syntax_ok``: the source already parsed cleanly with ``ast`` (the syntax check is not
+    repeated for a file no rule can fire on)."""
     rules = [
         r
         for r in RULES
@@ -293,16 +303,16 @@ def _analyze(
     module: cst.Module | None = None
     error: Violation | None = None
     tree: ast.Module | None = None
-    checked = False
+    syntax_known = syntax_ok
+    facts: FileFacts | None = None
     if rules and not all_rules:  # ast (C speed) decides which rules can fire at all
         tree, error = _parse_ast(source, path)
-        checked = True
+        syntax_known = True
         if tree is not None:
-            codes = could_fire(
-                [r.code for r in rules], tree, path, source, config, summaries or {}, relationships
-            )
+            facts = facts_of(tree, path, source, [r.code for r in rules])
+            codes = facts.could_fire([r.code for r in rules], summaries or {}, relationships)
             rules = [r for r in rules if r.code in codes]
-    if error is None and not (checked and not rules):
+    if error is None and (rules or not syntax_known):
         module, error = _parse(source, path, need_cst=bool(rules))
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
@@ -430,6 +440,7 @@ def lint_source(
     *,
     relationships: Mapping[str, bool] | None = None,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
@@ -446,7 +457,7 @@ def lint_source(
     rels.update(dict.fromkeys(config.relationships, True))
     if summaries is None:
         summaries = summarize_source(source, config.db_names)
-    analysis = _analyze(source, path, config, rels, all_rules, summaries)
+    analysis = _analyze(source, path, config, rels, all_rules, summaries, syntax_ok)
     applied = 0
     original = source
     notes: set[str] = set(analysis.ctx.notes) if analysis.ctx is not None else set()
@@ -490,11 +501,13 @@ def lint_file(
     relationships: Mapping[str, bool] | None = None,
     *,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
 ) -> FileResult:
-    """Lint one file; with ``fix`` the file is rewritten in its own encoding."""
+    """Lint one file; with ``fix`` the file is rewritten in its own encoding. ``syntax_ok``:
+    the engine's first pass parsed it cleanly (the syntax check is not repeated)."""
     shown = display_path(path)
     text, encoding, error = read_text(path)
     if text is None:
@@ -509,6 +522,7 @@ def lint_file(
             config,
             relationships=relationships,
             summaries=summaries,
+            syntax_ok=syntax_ok,
             fix=fix,
             unsafe_fixes=unsafe_fixes,
             all_rules=all_rules,
@@ -522,13 +536,29 @@ def lint_file(
     return result
 
 
-_Task = tuple[Path, LintConfig, Mapping[str, bool], Mapping[str, FunctionSummary], bool, bool, bool]
+_Task = tuple[
+    Path,
+    LintConfig,
+    Mapping[str, bool],
+    Mapping[str, FunctionSummary],
+    bool,
+    bool,
+    bool,
+    bool,
+]
 
 
 def _worker(args: _Task) -> FileResult:
-    path, config, rels, summaries, fix, unsafe, all_rules = args
+    path, config, rels, summaries, syntax_ok, fix, unsafe, all_rules = args
     return lint_file(
-        path, config, rels, summaries=summaries, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules
+        path,
+        config,
+        rels,
+        summaries=summaries,
+        syntax_ok=syntax_ok,
+        fix=fix,
+        unsafe_fixes=unsafe,
+        all_rules=all_rules,
     )
 
 
@@ -546,18 +576,29 @@ def lint_paths(
     files = discover(paths, config)
     rels: dict[str, bool] = {}
     per_file: list[Mapping[str, FunctionSummary]] = []
+    parsed: set[Path] = set()  # parsed cleanly here: the lint pass skips the syntax check
     for f in files:
         text, _, _ = read_text(f)
         if text is None:
             continue
         if "POL008" in config.select:
             rels.update(scan_relationships(text))
-        if _SUMMARY_WORDS.search(text):
-            per_file.append(summarize_source(text, config.db_names))
+        shown = display_path(f)
+        # tests and migrations: the rules that look through helpers skip them, and their
+        # helpers are never called from application code
+        if not _SUMMARY_WORDS.search(text) or file_kind(shown, text) in _NO_SUMMARY:
+            continue
+        tree, _error = _parse_ast(text, shown)
+        if tree is None:
+            continue  # the lint pass reports the syntax error
+        parsed.add(f)
+        per_file.append(summarize_tree(tree, config.db_names, text))
     summaries = merge_maps(per_file)
     rels.update(dict.fromkeys(config.relationships, True))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    tasks: list[_Task] = [(f, config, rels, summaries, fix, unsafe_fixes, all_rules) for f in files]
+    tasks: list[_Task] = [
+        (f, config, rels, summaries, f in parsed, fix, unsafe_fixes, all_rules) for f in files
+    ]
     report = LintReport()
     if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
