@@ -282,6 +282,7 @@ class _Analysis:
     fixes: list[tuple[Violation, Fix]]
     module: cst.Module | None
     ctx: FileContext | None
+    notes: tuple[str, ...] = ()
 
 
 def _analyze(
@@ -305,12 +306,17 @@ def _analyze(
     tree: ast.Module | None = None
     syntax_known = syntax_ok
     facts: FileFacts | None = None
+    pre_notes: list[str] = []
     if rules and not all_rules:  # ast (C speed) decides which rules can fire at all
         tree, error = _parse_ast(source, path)
         syntax_known = True
         if tree is not None:
             facts = facts_of(tree, path, source, [r.code for r in rules])
-            codes = facts.could_fire([r.code for r in rules], summaries or {}, relationships)
+            codes = facts.could_fire(
+                [r.code for r in rules], summaries or {}, relationships, config.pins
+            )
+            if any(r.code == "POL009" for r in rules) and "POL009" not in codes:
+                pre_notes.extend(facts.notes(config.pins))
             rules = [r for r in rules if r.code in codes]
     if error is None and (rules or not syntax_known):
         module, error = _parse(source, path, need_cst=bool(rules))
@@ -319,7 +325,7 @@ def _analyze(
     if error is not None:
         if "POL000" in config.select:
             violations.append(error)
-        return _Analysis(violations, fixes, None, None)
+        return _Analysis(violations, fixes, None, None, tuple(pre_notes))
     ctx = None
     found: list[tuple[Finding, str]] = []
     if module is not None:
@@ -363,7 +369,7 @@ def _analyze(
     violations = _apply_noqa(source, path, violations, config)
     kept = set(violations)
     fixes = [(v, f) for v, f in fixes if v in kept]
-    return _Analysis(violations, fixes, module, ctx)
+    return _Analysis(violations, fixes, module, ctx, tuple(pre_notes))
 
 
 def _apply_noqa(
@@ -460,7 +466,9 @@ def lint_source(
     analysis = _analyze(source, path, config, rels, all_rules, summaries, syntax_ok)
     applied = 0
     original = source
-    notes: set[str] = set(analysis.ctx.notes) if analysis.ctx is not None else set()
+    notes: set[str] = set(analysis.notes)
+    if analysis.ctx is not None:
+        notes |= analysis.ctx.notes
     for _ in range(MAX_FIX_PASSES if fix else 0):
         if analysis.module is None or not analysis.fixes:
             break

@@ -23,9 +23,11 @@ import ast
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from pooltender.lint.rules.legacy_query_get import pin_decision
 from pooltender.lint.scopes import CONSUMER_WORDS as _CONSUMER_WORDS
 from pooltender.lint.scopes import file_kind, slow_kind_of
 from pooltender.lint.summaries import FunctionSummary
+from pooltender.lint.versions import Pins
 
 _SESSION_START = frozenset(
     {"query", "execute", "scalars", "scalar", "get", "get_one", "flush", "merge", "delete"}
@@ -238,18 +240,19 @@ def _row_attributes(f: _File) -> frozenset[str]:
     return frozenset(found)
 
 
-def _pol009(f: _File) -> bool:
-    methods = ("get", "get_or_404")  # not narrowed by the pins: the rule notes why it skips
+def _legacy_get_methods(f: _File) -> frozenset[str]:
+    """``get`` / ``get_or_404`` called on ``<x>.query`` or ``<x>.query(...)`` (POL009)."""
+    found: set[str] = set()
     for n in f.of(ast.Attribute):
         assert isinstance(n, ast.Attribute)
-        if n.attr not in methods:
+        if n.attr not in ("get", "get_or_404"):
             continue
         recv = n.value
-        if isinstance(recv, ast.Attribute) and recv.attr == "query":
-            return True
-        if isinstance(recv, ast.Call) and _last(recv.func) == "query":
-            return True
-    return False
+        if (isinstance(recv, ast.Attribute) and recv.attr == "query") or (
+            isinstance(recv, ast.Call) and _last(recv.func) == "query"
+        ):
+            found.add(n.attr)
+    return frozenset(found)
 
 
 def _slow(call: ast.Call) -> bool:
@@ -293,9 +296,8 @@ CONDITIONS: dict[str, Condition] = {
     "POL002": _pol002,
     "POL003": _pol003,
     "POL004": _pol004,
-    "POL009": _pol009,
 }
-PROJECT_CONDITIONS = frozenset({"POL008", "POL010"})
+PROJECT_CONDITIONS = frozenset({"POL008", "POL009", "POL010"})
 
 
 @dataclass(frozen=True)
@@ -310,17 +312,22 @@ class FileFacts:
     names_query: bool = False
     called: frozenset[str] = frozenset()
     functions: tuple[tuple[bool, bool, frozenset[str]], ...] = ()
+    legacy_get: frozenset[str] = frozenset()
 
     def could_fire(
         self,
         codes: Iterable[str],
         summaries: Mapping[str, FunctionSummary],
         relationships: Mapping[str, bool],
+        pins: Pins | None = None,
     ) -> set[str]:
         """The subset of ``codes`` whose necessary condition holds."""
         out = set()
         for code in codes:
-            if code == "POL008":
+            if code == "POL009":
+                if any(pin_decision(m, pins or Pins())[0] for m in self.legacy_get):
+                    out.add(code)
+            elif code == "POL008":
                 if self._pol008(summaries, relationships):
                     out.add(code)
             elif code == "POL010":
@@ -328,6 +335,15 @@ class FileFacts:
                     out.add(code)
             elif code not in CONDITIONS or code in self.static:
                 out.add(code)
+        return out
+
+    def notes(self, pins: Pins) -> list[str]:
+        """Why POL009 is silent here (the rule's own note), for a file libcst skips."""
+        out = []
+        for method in sorted(self.legacy_get):
+            report, _fix, note = pin_decision(method, pins)
+            if not report and note is not None:
+                out.append(note)
         return out
 
     def _pol008(
@@ -382,6 +398,7 @@ def facts_of(
     functions: tuple[tuple[bool, bool, frozenset[str]], ...] = ()
     if "POL010" in wanted and f.kind != "test":
         functions = _functions_for_pol010(f)
+    legacy_get = _legacy_get_methods(f) if "POL009" in wanted else frozenset()
     return FileFacts(
         static=static,
         kind=f.kind,
@@ -389,6 +406,7 @@ def facts_of(
         names_query=names_query,
         called=called,
         functions=functions,
+        legacy_get=legacy_get,
     )
 
 
