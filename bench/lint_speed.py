@@ -6,8 +6,9 @@ Lints every ``*.py`` under ``sysconfig.get_paths()["stdlib"]`` (``site-packages`
 with every rule selected and reports files, lines, wall seconds, lines per second and the
 number of internal errors (POL999, must be 0). Two modes:
 
-* default -- what the CLI does: a file is parsed with libcst only when a selected rule's
-  trigger text occurs in it, other files are syntax-checked with ``compile`` (C speed);
+* default -- what the CLI does: every file is parsed with the standard library's ``ast`` (C
+  speed) for the project's function summaries and for each rule's necessary condition
+  (``pooltender.lint.prefilter``); libcst parses only the files where a selected rule can fire;
 * ``--all-rules`` -- every rule on every file (libcst parse plus one tree walk per file), the
   worst case, as for a codebase where every file talks to the database.
 

@@ -11,13 +11,14 @@ or ``unsafe`` (behaviour changes in a way the author should review), after ruff'
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import libcst as cst
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionProvider
 
 if TYPE_CHECKING:
     from pooltender.lint.config import LintConfig
@@ -202,6 +203,69 @@ def iter_children(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
                     yield item
 
 
+# libcst node types located through their stdlib-ast twins (see FileContext.position)
+_AST_TWIN: dict[type[cst.CSTNode], str] = {
+    cst.Call: "call",
+    cst.While: "while",
+    cst.For: "for",
+    cst.ExceptHandler: "except",
+    cst.Attribute: "attribute",  # except dotted module names in imports (strings in ast)
+}
+
+
+def _std_kinds() -> dict[type, str]:
+    import ast as std_ast
+
+    return {
+        std_ast.Call: "call",
+        std_ast.While: "while",
+        std_ast.For: "for",
+        std_ast.AsyncFor: "for",
+        std_ast.ExceptHandler: "except",
+        std_ast.Attribute: "attribute",
+    }
+
+
+_STD_KIND = _std_kinds()
+# Python 3.11 reports exact positions inside f-strings, multi-line ones included (checked by
+# tests/pooltender/lint/test_positions.py and on the 49,000 calls, loops and except clauses of
+# the lint corpus); older interpreters fall back to libcst's positions for such files.
+_FSTRING_GUARD = sys.version_info < (3, 11)
+
+
+# libcst's field order differs from source order for these types (decorators, bases and
+# return annotations after a body, an except clause's type after its body, positional-only
+# parameters last, a conditional expression's test first)
+_SOURCE_ORDER: dict[type[cst.CSTNode], tuple[str, ...]] = {
+    cst.ClassDef: ("decorators", "name", "type_parameters", "bases", "keywords", "body"),
+    cst.FunctionDef: ("decorators", "name", "type_parameters", "params", "returns", "body"),
+    cst.ExceptHandler: ("type", "name", "body"),
+    cst.Parameters: (
+        "posonly_params",
+        "posonly_ind",
+        "params",
+        "star_arg",
+        "kwonly_params",
+        "star_kwarg",
+    ),
+    cst.IfExp: ("body", "test", "orelse"),
+}
+
+
+def _source_children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    fields = _SOURCE_ORDER.get(type(node))
+    if fields is None:
+        return list(iter_children(node))
+    out: list[cst.CSTNode] = []
+    for name in fields:
+        value = getattr(node, name, None)
+        if isinstance(value, cst.CSTNode):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return out
+
+
 class _Indexer:
     """One iterative traversal recording every node's parent and the nodes of each type."""
 
@@ -232,6 +296,7 @@ class FileContext:
         config: LintConfig,
         relationships: Mapping[str, bool] | None = None,
         summaries: Mapping[str, FunctionSummary] | None = None,
+        ast_tree: object | None = None,
     ) -> None:
         self.path = path
         self.source = source
@@ -247,6 +312,9 @@ class FileContext:
         self.notes: set[str] = set()
         self._imports: frozenset[str] | None = None
         self._bound: frozenset[str] | None = None
+        self._ast_map: dict[str, dict[int, CodeRange]] | None = None
+        self._ast_tree = ast_tree  # the stdlib tree the engine already parsed, if any
+        self._pre_order: dict[cst.CSTNode, int] | None = None
 
     def note(self, text: str) -> None:
         self.notes.add(text)
@@ -315,7 +383,103 @@ class FileContext:
             current = parents.get(id(current))
 
     def position(self, node: cst.CSTNode) -> CodeRange:
+        """The node's range. Calls, loops and except clauses -- what findings point at -- are
+        located through the stdlib ``ast`` tree (C parser; the n-th ``Call`` of libcst in
+        source order is the n-th ``ast.Call`` sorted by position), which avoids libcst's
+        position pass over the whole module; anything else, or any doubt (counts differ,
+        calls inside f-strings), falls back to libcst's PositionProvider."""
+        fast = self._ast_position(node)
+        if fast is not None:
+            return fast
         if self._positions is None:
             wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
             self._positions = wrapper.resolve(PositionProvider)
         return self._positions[node]
+
+    def _ast_position(self, node: cst.CSTNode) -> CodeRange | None:
+        kind = _AST_TWIN.get(type(node))
+        if kind is None or (kind == "attribute" and self._in_import(node)):
+            return None
+        if self._ast_map is None:
+            self._ast_map = self._build_ast_map()
+        table = self._ast_map.get(kind)
+        if table is None:
+            return None
+        return table.get(id(node))
+
+    def _build_ast_map(self) -> dict[str, dict[int, CodeRange]]:
+        import ast as std_ast
+
+        out: dict[str, dict[int, CodeRange]] = {}
+        tree = self._ast_tree
+        if not isinstance(tree, std_ast.Module):
+            try:
+                tree = std_ast.parse(self.source)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                return out
+        lines = self.source.splitlines(keepends=True)
+        if _FSTRING_GUARD and any(
+            isinstance(n, std_ast.JoinedStr)
+            and n.lineno != n.end_lineno
+            and any(isinstance(m, std_ast.Call | std_ast.Attribute) for m in std_ast.walk(n))
+            for n in std_ast.walk(tree)
+        ):
+            return out  # positions inside multi-line f-strings: unreliable before 3.11
+
+        def column(line: int, offset: int) -> int:
+            text = lines[line - 1] if 0 < line <= len(lines) else ""
+            return len(text.encode("utf-8")[:offset].decode("utf-8", errors="replace"))
+
+        from pooltender.lint.prefilter import nodes_of
+
+        by_kind: dict[str, list[std_ast.AST]] = {}
+        for n in nodes_of(tree):
+            kind = _STD_KIND.get(type(n))
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(n)
+        for kind in dict.fromkeys(_AST_TWIN.values()):
+            if kind in out:
+                continue
+            ours = [n for t, k in _AST_TWIN.items() if k == kind for n in self.nodes(t)]
+            if kind == "attribute":
+                ours = [n for n in ours if not self._in_import(n)]
+            theirs = by_kind.get(kind, [])
+            if len(ours) != len(theirs):
+                continue
+            theirs.sort(
+                key=lambda n: (
+                    n.lineno,  # type: ignore[attr-defined]
+                    n.col_offset,  # type: ignore[attr-defined]
+                    -(n.end_lineno or 0),  # type: ignore[attr-defined]
+                    -(n.end_col_offset or 0),  # type: ignore[attr-defined]
+                )
+            )
+            ours.sort(key=self._order().__getitem__)
+            table: dict[int, CodeRange] = {}
+            for mine, other in zip(ours, theirs, strict=True):
+                start_line, start_off = other.lineno, other.col_offset  # type: ignore[attr-defined]
+                end_line = other.end_lineno or start_line  # type: ignore[attr-defined]
+                end_off = other.end_col_offset or 0  # type: ignore[attr-defined]
+                table[id(mine)] = CodeRange(
+                    CodePosition(start_line, column(start_line, start_off)),
+                    CodePosition(end_line, column(end_line, end_off)),
+                )
+            out[kind] = table
+        return out
+
+    def _in_import(self, node: cst.CSTNode) -> bool:
+        return any(isinstance(a, cst.Import | cst.ImportFrom) for a in self.ancestors(node))
+
+    def _order(self) -> dict[cst.CSTNode, int]:
+        """Source-order index of every node (by start, outer first): a pre-order walk whose
+        children come in source order (libcst's field order puts a def's decorators after its
+        body and a conditional expression's test before its body)."""
+        if self._pre_order is None:
+            order: dict[cst.CSTNode, int] = {}
+            stack: list[cst.CSTNode] = [self.module]
+            while stack:
+                node = stack.pop()
+                order[node] = len(order)
+                stack.extend(reversed(_source_children(node)))
+            self._pre_order = order
+        return self._pre_order

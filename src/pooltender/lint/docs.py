@@ -107,6 +107,36 @@ The rules share these definitions (`pooltender/lint/scopes.py`, `versions.py`,
 
 {_definitions()}
 
+## How a run works (and why it is fast)
+
+A first pass parses every application file with the standard library's `ast` (C speed) to
+summarise its functions (`summaries.py`) and scans the text for relationship names. The lint
+pass then checks each selected rule's text triggers, evaluates the rule's necessary condition
+on the file's `ast` tree (`prefilter.py`: a `.query.get(...)` call, a `try` around a commit
+whose handler neither rolls back nor re-raises, a function with both a query and slow work
+...), and parses the file with libcst only when some rule can fire; finding positions are
+read from the `ast` tree too. `tests/pooltender/lint/test_modes.py` requires this path and the
+full libcst path (`all_rules=True`) to report identical findings on every fixture; on the
+nine corpus repositories they are identical as well. `--jobs N` runs files in N processes.
+
+## Intent changes in issue 11 (fixtures changed accordingly)
+
+* **POL003** no longer reports a commit in a request handler (teardown rolls back), a plain
+  helper, a CLI command or a script outside long-running loops, tests or migrations; it reports
+  swallowed flush/commit errors, commits in long-running loops and in worker tasks.
+* **POL002** no longer reports a `close()` that ends the unit of work or precedes slow or
+  long-lived work (streaming response, mail, HTTP, sleep, subprocess, `dispose()`); it reports
+  redundant closes next to `remove()` (safe fix) and closes followed by more session use
+  (unsafe fix).
+* **POL004** covers every long-running loop, not only `while True` / `while 1`.
+* **POL009** is reported only where the pinned versions have the replacement; its fix needs a
+  pinned SQLAlchemy >= 1.4 (Flask-SQLAlchemy >= 3 for `db.get_or_404`) and a bound `db`.
+* **POL010** adds hashing libraries, password methods, HTTP clients, cloud storage,
+  subprocesses, helpers one call away and the polling pattern; it skips tests and CLI
+  commands.
+* **POL008** follows helpers that return a query, ignores assignments, skips tests.
+* Codes: `PTxxx` became `POLxxx` (aliases accepted for one release).
+
 ## Real-world corpus
 
 Precision, recall, fix safety and speed are measured on nine public Flask/SQLAlchemy code

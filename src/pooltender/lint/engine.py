@@ -5,9 +5,12 @@ Contract:
 * Never raises on file content. A file that cannot be read, decoded or parsed is reported as
   **POL000**; an exception inside a rule (a bug of ours) is reported as **POL999** and the other
   rules still run -- so a crash is countable, which the standard-library test does.
-* Parse once: a file is parsed with libcst only when at least one selected rule's trigger text
-  occurs in it; other files are only syntax-checked with :func:`compile` (C speed), which is
-  what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off (tests).
+* Parse cheaply first: a file is parsed with the standard library's ``ast`` (C speed; also the
+  syntax check), each selected rule's text triggers and then its necessary condition on that
+  tree (:mod:`pooltender.lint.prefilter`) decide whether it can fire, and libcst parses the
+  file only when one can. Finding positions come from the same ``ast`` tree where possible.
+  This is what makes linting a large tree cheap. ``all_rules=True`` turns the shortcut off;
+  tests/pooltender/lint/test_modes.py requires both paths to report the same findings.
 * Fixes: the applicable fixes of a pass are applied together when their ranges do not overlap,
   the result is re-parsed and re-linted, up to :data:`MAX_FIX_PASSES`; a fix whose output does
   not parse is discarded and reported as POL999. Only ``safe`` fixes apply unless
@@ -18,6 +21,7 @@ Contract:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -35,8 +39,15 @@ import libcst as cst
 from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Violation
 from pooltender.lint.config import LintConfig
 from pooltender.lint.noqa import find_directives
+from pooltender.lint.prefilter import FileFacts, facts_of
 from pooltender.lint.rules import ALIASES, ALL_CODES, RULES, engine_code_severity
-from pooltender.lint.summaries import FunctionSummary, merge_maps, summarize_source
+from pooltender.lint.scopes import file_kind
+from pooltender.lint.summaries import (
+    FunctionSummary,
+    merge_maps,
+    summarize_source,
+    summarize_tree,
+)
 
 MAX_FIX_PASSES = 10
 _KNOWN = frozenset(ALL_CODES)
@@ -139,6 +150,7 @@ def display_path(path: Path) -> str:
 
 # -- project facts ---------------------------------------------------------------------------
 
+_NO_SUMMARY = frozenset({"test", "migration"})
 # A file none of whose functions can have a summary worth keeping is not parsed for one.
 _SUMMARY_WORDS = re.compile(
     r"session|query|sleep|requests|httpx|urlopen|hash|password|bcrypt|upload|download|subprocess"
@@ -248,12 +260,29 @@ def _parse(source: str, path: str, need_cst: bool) -> tuple[cst.Module | None, V
         return None, _syntax_violation(path, exc)
 
 
+def _parse_ast(source: str, path: str) -> tuple[ast.Module | None, Violation | None]:
+    """The stdlib ``ast`` tree (C parser), or the syntax error as POL000."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = compile(source, path, "exec", dont_inherit=True, flags=ast.PyCF_ONLY_AST)
+    except RecursionError:
+        return None, Violation(path, 1, 1, "POL000", "syntax error: nesting too deep to parse")
+    except (SyntaxError, ValueError) as exc:
+        return None, _syntax_violation(path, exc)
+    except Exception as exc:
+        return None, _syntax_violation(path, exc)
+    assert isinstance(tree, ast.Module)
+    return tree, None
+
+
 @dataclass
 class _Analysis:
     violations: list[Violation]
     fixes: list[tuple[Violation, Fix]]
     module: cst.Module | None
     ctx: FileContext | None
+    notes: tuple[str, ...] = ()
 
 
 def _analyze(
@@ -263,23 +292,44 @@ def _analyze(
     relationships: Mapping[str, bool],
     all_rules: bool,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
 ) -> _Analysis:
+    """``syntax_ok``: the source already parsed cleanly with ``ast`` (the syntax check is not
+    repeated for a file no rule can fire on)."""
     rules = [
         r
         for r in RULES
         if r.code in config.select and (all_rules or r.could_fire(source, summaries))
     ]
-    module, error = _parse(source, path, need_cst=bool(rules))
+    module: cst.Module | None = None
+    error: Violation | None = None
+    tree: ast.Module | None = None
+    syntax_known = syntax_ok
+    facts: FileFacts | None = None
+    pre_notes: list[str] = []
+    if rules and not all_rules:  # ast (C speed) decides which rules can fire at all
+        tree, error = _parse_ast(source, path)
+        syntax_known = True
+        if tree is not None:
+            facts = facts_of(tree, path, source, [r.code for r in rules])
+            codes = facts.could_fire(
+                [r.code for r in rules], summaries or {}, relationships, config.pins
+            )
+            if any(r.code == "POL009" for r in rules) and "POL009" not in codes:
+                pre_notes.extend(facts.notes(config.pins))
+            rules = [r for r in rules if r.code in codes]
+    if error is None and (rules or not syntax_known):
+        module, error = _parse(source, path, need_cst=bool(rules))
     violations: list[Violation] = []
     fixes: list[tuple[Violation, Fix]] = []
     if error is not None:
         if "POL000" in config.select:
             violations.append(error)
-        return _Analysis(violations, fixes, None, None)
+        return _Analysis(violations, fixes, None, None, tuple(pre_notes))
     ctx = None
     found: list[tuple[Finding, str]] = []
     if module is not None:
-        ctx = FileContext(path, source, module, config, relationships, summaries)
+        ctx = FileContext(path, source, module, config, relationships, summaries, tree)
         for rule in rules:
             try:
                 found.extend((f, rule.severity) for f in rule.check(ctx))
@@ -319,7 +369,7 @@ def _analyze(
     violations = _apply_noqa(source, path, violations, config)
     kept = set(violations)
     fixes = [(v, f) for v, f in fixes if v in kept]
-    return _Analysis(violations, fixes, module, ctx)
+    return _Analysis(violations, fixes, module, ctx, tuple(pre_notes))
 
 
 def _apply_noqa(
@@ -396,6 +446,7 @@ def lint_source(
     *,
     relationships: Mapping[str, bool] | None = None,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
@@ -412,10 +463,12 @@ def lint_source(
     rels.update(dict.fromkeys(config.relationships, True))
     if summaries is None:
         summaries = summarize_source(source, config.db_names)
-    analysis = _analyze(source, path, config, rels, all_rules, summaries)
+    analysis = _analyze(source, path, config, rels, all_rules, summaries, syntax_ok)
     applied = 0
     original = source
-    notes: set[str] = set(analysis.ctx.notes) if analysis.ctx is not None else set()
+    notes: set[str] = set(analysis.notes)
+    if analysis.ctx is not None:
+        notes |= analysis.ctx.notes
     for _ in range(MAX_FIX_PASSES if fix else 0):
         if analysis.module is None or not analysis.fixes:
             break
@@ -456,11 +509,13 @@ def lint_file(
     relationships: Mapping[str, bool] | None = None,
     *,
     summaries: Mapping[str, FunctionSummary] | None = None,
+    syntax_ok: bool = False,
     fix: bool = False,
     unsafe_fixes: bool = False,
     all_rules: bool = False,
 ) -> FileResult:
-    """Lint one file; with ``fix`` the file is rewritten in its own encoding."""
+    """Lint one file; with ``fix`` the file is rewritten in its own encoding. ``syntax_ok``:
+    the engine's first pass parsed it cleanly (the syntax check is not repeated)."""
     shown = display_path(path)
     text, encoding, error = read_text(path)
     if text is None:
@@ -475,6 +530,7 @@ def lint_file(
             config,
             relationships=relationships,
             summaries=summaries,
+            syntax_ok=syntax_ok,
             fix=fix,
             unsafe_fixes=unsafe_fixes,
             all_rules=all_rules,
@@ -488,13 +544,29 @@ def lint_file(
     return result
 
 
-_Task = tuple[Path, LintConfig, Mapping[str, bool], Mapping[str, FunctionSummary], bool, bool, bool]
+_Task = tuple[
+    Path,
+    LintConfig,
+    Mapping[str, bool],
+    Mapping[str, FunctionSummary],
+    bool,
+    bool,
+    bool,
+    bool,
+]
 
 
 def _worker(args: _Task) -> FileResult:
-    path, config, rels, summaries, fix, unsafe, all_rules = args
+    path, config, rels, summaries, syntax_ok, fix, unsafe, all_rules = args
     return lint_file(
-        path, config, rels, summaries=summaries, fix=fix, unsafe_fixes=unsafe, all_rules=all_rules
+        path,
+        config,
+        rels,
+        summaries=summaries,
+        syntax_ok=syntax_ok,
+        fix=fix,
+        unsafe_fixes=unsafe,
+        all_rules=all_rules,
     )
 
 
@@ -512,18 +584,29 @@ def lint_paths(
     files = discover(paths, config)
     rels: dict[str, bool] = {}
     per_file: list[Mapping[str, FunctionSummary]] = []
+    parsed: set[Path] = set()  # parsed cleanly here: the lint pass skips the syntax check
     for f in files:
         text, _, _ = read_text(f)
         if text is None:
             continue
         if "POL008" in config.select:
             rels.update(scan_relationships(text))
-        if _SUMMARY_WORDS.search(text):
-            per_file.append(summarize_source(text, config.db_names))
+        shown = display_path(f)
+        # tests and migrations: the rules that look through helpers skip them, and their
+        # helpers are never called from application code
+        if not _SUMMARY_WORDS.search(text) or file_kind(shown, text) in _NO_SUMMARY:
+            continue
+        tree, _error = _parse_ast(text, shown)
+        if tree is None:
+            continue  # the lint pass reports the syntax error
+        parsed.add(f)
+        per_file.append(summarize_tree(tree, config.db_names, text))
     summaries = merge_maps(per_file)
     rels.update(dict.fromkeys(config.relationships, True))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    tasks: list[_Task] = [(f, config, rels, summaries, fix, unsafe_fixes, all_rules) for f in files]
+    tasks: list[_Task] = [
+        (f, config, rels, summaries, f in parsed, fix, unsafe_fixes, all_rules) for f in files
+    ]
     report = LintReport()
     if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:

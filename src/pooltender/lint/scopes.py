@@ -240,10 +240,10 @@ def sleeps(call: cst.Call) -> bool:
 
 # -- long-running loops -----------------------------------------------------------------------
 
-_CONSUMER_WORDS = frozenset(
+CONSUMER_WORDS = frozenset(
     {"consume", "consumer", "listen", "poll", "subscribe", "pubsub", "queue", "messages"}
 )
-_CONSUMER_WORDS |= {"subscriber", "get_messages", "iter_messages", "receive", "stream"}
+CONSUMER_WORDS |= {"subscriber", "get_messages", "iter_messages", "receive", "stream"}
 
 
 def _bounded(test: cst.BaseExpression) -> bool:
@@ -277,7 +277,7 @@ def _consumer_iter(expr: cst.BaseExpression) -> bool:
     name = last_name(node)
     if name:
         words.append(name)
-    return any(w.lower() in _CONSUMER_WORDS for w in words if w)
+    return any(w.lower() in CONSUMER_WORDS for w in words if w)
 
 
 def loop_sleeps(loop: cst.While | cst.For) -> bool:

@@ -106,6 +106,12 @@ def _resolvable_callee(func: ast.AST) -> str | None:
     return None if name in _UNRESOLVABLE else name
 
 
+def _walk(node: ast.AST) -> list[ast.AST]:
+    from pooltender.lint.prefilter import all_nodes
+
+    return all_nodes(node)
+
+
 class _Facts:
     def __init__(self, db_names: frozenset[str], imports: frozenset[str]) -> None:
         self.db_names = db_names
@@ -145,7 +151,7 @@ class _Facts:
         while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             methods.append(node.func.attr)
             receiver = node.func.value
-            if any(isinstance(n, ast.Name) and n.id in _LOADERS for n in ast.walk(node)):
+            if any(isinstance(n, ast.Name) and n.id in _LOADERS for n in _walk(node)):
                 return None
             if self.is_session(receiver):
                 if node.func.attr == "query" and len(node.args) == 1:
@@ -160,18 +166,26 @@ class _Facts:
         return None
 
 
-def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterable[ast.AST]:
-    """The function's nodes, not entering nested defs, lambdas or classes."""
-    nested = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
+def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
+    """The function's nodes, not entering nested defs, lambdas or classes (an explicit stack
+    over ``_fields``: :func:`ast.iter_child_nodes` costs a generator per node)."""
+    nested = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    out: list[ast.AST] = []
     stack: list[ast.AST] = [n for n in func.body if not isinstance(n, nested)]
+    ast_type = ast.AST
     while stack:
         node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(
-                child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
-            ):
-                stack.append(child)
+        out.append(node)
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast_type):
+                if not isinstance(value, nested):
+                    stack.append(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast_type) and not isinstance(item, nested):
+                        stack.append(item)
+    return out
 
 
 def summarize_function(

@@ -46,7 +46,7 @@ import libcst as cst
 
 from pooltender.lint.base import FileContext, Finding, Fix, Rule
 from pooltender.lint.helpers import dotted, is_db_session, is_model_query, model_of_query
-from pooltender.lint.versions import show
+from pooltender.lint.versions import Pins, show
 
 CODE = "POL009"
 NAME = "legacy-query-get"
@@ -72,28 +72,37 @@ def _call(func: str, model: cst.BaseExpression, ident: cst.BaseExpression) -> cs
     )
 
 
-def _applies(method: str, ctx: FileContext) -> tuple[bool, bool]:
-    """``(report, may fix)`` for ``method`` under the pinned versions; notes the reason."""
-    pins = ctx.config.pins
+def pin_decision(method: str, pins: Pins) -> tuple[bool, bool, str | None]:
+    """``(report, may fix, note)`` for ``get`` / ``get_or_404`` under the pinned versions; the
+    note says why a finding or its fix is withheld (shared with the ast prefilter, which
+    skips libcst for a file whose only candidates the pins rule out)."""
     if method == "get":
         pinned, wanted, what, api = pins.sqlalchemy, SESSION_GET, "SQLAlchemy", "Session.get"
     else:
         pinned, wanted, what = pins.flask_sqlalchemy, DB_GET_OR_404, "Flask-SQLAlchemy"
         api = "db.get_or_404"
     if pinned is not None and pinned < wanted:
-        ctx.note(
+        note = (
             f"{CODE} {method}: not reported, {what} is pinned at {show(pinned)} "
             f"({pins.source}) and {api} needs >= {show(wanted)}"
         )
-        return False, False
+        return False, False, note
     if pinned is None:
-        ctx.note(
+        note = (
             f"{CODE} {method}: reported without a fix, no {what} version is pinned and "
             f"{api} needs >= {show(wanted)} (pin it, or set {what.lower()}-version in "
             "[tool.pooltender.lint])"
         )
-        return True, False
-    return True, True
+        return True, False, note
+    return True, True, None
+
+
+def _applies(method: str, ctx: FileContext) -> tuple[bool, bool]:
+    """``(report, may fix)`` for ``method`` under the pinned versions; notes the reason."""
+    report, may_fix, note = pin_decision(method, ctx.config.pins)
+    if note is not None:
+        ctx.note(note)
+    return report, may_fix
 
 
 def check(ctx: FileContext) -> Iterator[Finding]:
