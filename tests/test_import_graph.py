@@ -170,20 +170,9 @@ def test_resolution_of_relative_and_nested_imports() -> None:
 #: below fails if one of them is gone (so this list cannot go stale) or a new one appears.
 #: pooltender.lint: base.py imports LintConfig (under TYPE_CHECKING) from config.py, whose
 #: known_codes() imports pooltender.lint.rules, whose rules import base.py.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"pooltender.lint.base", "pooltender.lint.config", "pooltender.lint.rules"})}
-)
-
-
 def test_src_has_no_import_cycle() -> None:
-    cycles = [c for c in strongly_connected(GRAPH) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = strongly_connected(GRAPH)
     assert not cycles, "\n".join(_describe(c) for c in cycles)
-
-
-@pytest.mark.parametrize("known", sorted(sorted(c) for c in KNOWN_CYCLES))
-def test_each_known_cycle_is_still_there(known: list[str]) -> None:
-    """When a known cycle is broken, remove it from KNOWN_CYCLES (this fails until then)."""
-    assert known in strongly_connected(GRAPH)
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

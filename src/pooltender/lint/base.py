@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import libcst as cst
 from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionProvider
 
+from pooltender.lint.astwalk import nodes_of
+
 if TYPE_CHECKING:
-    from pooltender.lint.config import LintConfig
-    from pooltender.lint.summaries import FunctionSummary
+    from pooltender.lint.facts import FunctionSummary
+    from pooltender.lint.options import LintConfig
 
 
 def _alias_name(alias: cst.ImportAlias, *, root: bool) -> str:
@@ -429,8 +431,6 @@ class FileContext:
         def column(line: int, offset: int) -> int:
             text = lines[line - 1] if 0 < line <= len(lines) else ""
             return len(text.encode("utf-8")[:offset].decode("utf-8", errors="replace"))
-
-        from pooltender.lint.prefilter import nodes_of
 
         by_kind: dict[str, list[std_ast.AST]] = {}
         for n in nodes_of(tree):

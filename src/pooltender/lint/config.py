@@ -26,47 +26,17 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pooltender.lint.options import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
+from pooltender.lint.options import LintConfig as LintConfig
 from pooltender.lint.versions import Pins, parse_version, read_pins
-
-DEFAULT_EXCLUDE = (
-    ".git",
-    ".hg",
-    ".venv",
-    "venv",
-    "__pycache__",
-    "node_modules",
-    ".tox",
-    ".nox",
-    ".mypy_cache",
-    ".ruff_cache",
-    ".pytest_cache",
-    "build",
-    "dist",
-    "site-packages",
-)
 
 
 class ConfigError(ValueError):
     """The configuration (file or flags) cannot be used; the message names the key."""
-
-
-@dataclass(frozen=True)
-class LintConfig:
-    """Everything a lint run is parameterised by. Picklable (worker processes get a copy)."""
-
-    select: frozenset[str] = frozenset()
-    explicitly_selected: frozenset[str] = frozenset()
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    db_names: tuple[str, ...] = ("db",)
-    pool_size_limit: int = 50
-    max_overflow_limit: int = 100
-    relationships: tuple[str, ...] = ()
-    pins: Pins = field(default_factory=Pins)
-    source: str | None = field(default=None, compare=False)
 
 
 def known_codes() -> tuple[str, ...]:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from pooltender.lint.astwalk import all_nodes
+from pooltender.lint.facts import FunctionSummary as FunctionSummary
 from pooltender.lint.scopes import slow_kind_of
 
 _ENDS = frozenset({"commit", "rollback", "remove", "close"})
@@ -49,23 +51,6 @@ _NOT_ROWS = frozenset(
     }
 )
 _LOADERS = frozenset({"joinedload", "selectinload", "subqueryload", "contains_eager"})
-
-
-@dataclass(frozen=True)
-class FunctionSummary:
-    """What one function does, as far as the rules care."""
-
-    touches_session: bool = False
-    ends_transaction: bool = False
-    returns_query: str | None = None
-    slow: str | None = None
-    #: last names of the functions it calls (for propagating ``ends_transaction``)
-    calls: frozenset[str] = frozenset()
-
-    @property
-    def holds_transaction(self) -> bool:
-        """Queries through the session and leaves the transaction open for its caller."""
-        return self.touches_session and not self.ends_transaction
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -107,8 +92,6 @@ def _resolvable_callee(func: ast.AST) -> str | None:
 
 
 def _walk(node: ast.AST) -> list[ast.AST]:
-    from pooltender.lint.prefilter import all_nodes
-
     return all_nodes(node)
 
 

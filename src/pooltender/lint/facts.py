@@ -1,0 +1,28 @@
+"""What the project-wide pass knows about one function (:class:`FunctionSummary`).
+
+A leaf module: :mod:`pooltender.lint.summaries` computes these, rules read them through
+:class:`pooltender.lint.base.FileContext`, and neither has to import the other's module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FunctionSummary"]
+
+
+@dataclass(frozen=True)
+class FunctionSummary:
+    """What one function does, as far as the rules care."""
+
+    touches_session: bool = False
+    ends_transaction: bool = False
+    returns_query: str | None = None
+    slow: str | None = None
+    #: last names of the functions it calls (for propagating ``ends_transaction``)
+    calls: frozenset[str] = frozenset()
+
+    @property
+    def holds_transaction(self) -> bool:
+        """Queries through the session and leaves the transaction open for its caller."""
+        return self.touches_session and not self.ends_transaction
