@@ -40,7 +40,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.engine import Engine
@@ -64,7 +64,6 @@ from pooltender.budget import (
 from pooltender.failures import register_error_handlers
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
-from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
 from pooltender.queueing import MMcQueue
 from pooltender.settings import (
     EXTENSION_SETTING_KEYS,
@@ -80,6 +79,9 @@ from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wai
 from pooltender.stats import PoolStats, pool_stats_json
 from pooltender.units import begin_unit
 from pooltender.watch import PoolWatch, end_unit_of_work, install_watch, watch_of
+
+if TYPE_CHECKING:  # prometheus-client is the optional `prometheus` extra: imported lazily
+    from pooltender.metrics import MultiprocessMirror
 
 __all__ = [
     "EXTENSION_KEYS",
@@ -337,9 +339,20 @@ class Pooltender:
             app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
         metrics_path = options.path("metrics_path")
         if metrics_path is not None:
-            if multiprocess_enabled():
-                state.mirror = MultiprocessMirror(state.stats, state.extra)
-            app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
+            try:  # the `prometheus` extra; `pip install 'pooltender[flask]'` alone must work
+                from pooltender.metrics import MultiprocessMirror, multiprocess_enabled
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] != "prometheus_client":
+                    raise
+                log.warning(
+                    "%s not served: prometheus-client is not installed; "
+                    "pip install 'pooltender[prometheus]' (or set POOLTENDER_METRICS_PATH=off)",
+                    metrics_path,
+                )
+            else:
+                if multiprocess_enabled():
+                    state.mirror = MultiprocessMirror(state.stats, state.extra)
+                app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
         dashboard_path = options.path("dashboard_path")
         if options.dashboard and dashboard_path is not None:
             from pooltender.dashboard import inspection_snapshots, register_dashboard
@@ -397,6 +410,8 @@ class Pooltender:
 
     def _metrics_view(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from pooltender.metrics import PoolCollector
 
         state = self._state()
         registry = CollectorRegistry()
