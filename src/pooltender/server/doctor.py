@@ -461,7 +461,13 @@ def _budget_finding(b: BudgetReport) -> Finding:
         title=f"the fleet can open {b.total_demand} connections; the server accepts "
         f"{b.client_connection_limit}",
         evidence=(b.summary(), *(f"{t.name}: {t.formula} = {t.connections}" for t in b.terms)),
-        remedy=(*(r.action for r in b.remedies), b.set_global_sql, b.config_file_lines),
+        # raise_lines is empty unless the fleet needs more than the server has: a fleet that
+        # fits (shown here for a settings problem) must never be told to lower the limit
+        remedy=(
+            *(r.action for r in b.remedies),
+            *(str(p) for p in b.settings_problems),
+            *b.raise_lines,
+        ),
         figures={
             "total_demand": b.total_demand,
             "required_max_connections": b.required_max_connections,
