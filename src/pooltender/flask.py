@@ -28,7 +28,15 @@ there, once), and the fleet shape, ``POOLTENDER_FLEET_HOSTS``, ``POOLTENDER_FLEE
 ``POOLTENDER_FLEET_WORKER_MODEL``, ``POOLTENDER_FLEET_CONCURRENCY``,
 ``POOLTENDER_FLEET_CONNECTIONS_PER_REQUEST``, ``POOLTENDER_FLEET_CONSUMERS``,
 ``POOLTENDER_FLEET_CONNECTIONS_PER_CONSUMER``, ``POOLTENDER_FLEET_OTHER_CLIENTS``,
-``POOLTENDER_FLEET_RESERVED`` (see :class:`~pooltender.budget.FleetShape`).
+``POOLTENDER_FLEET_RESERVED`` and the proxy in front of the server,
+``POOLTENDER_FLEET_PROXY_KIND``, ``POOLTENDER_FLEET_PROXY_MODE``,
+``POOLTENDER_FLEET_PROXY_PLACEMENT``, ``POOLTENDER_FLEET_PROXY_SERVER_POOL_SIZE``,
+``POOLTENDER_FLEET_PROXY_MAX_CLIENT_CONN`` (see :class:`~pooltender.budget.FleetShape`).
+``POOLTENDER_PROXY`` (a PoolSettings key, :mod:`pooltender.proxy`) says what this process
+connects through: with ``pgbouncer-transaction`` the driver's prepared statements are turned
+off and every engine gets the session-state guard
+(:func:`~pooltender.proxy.install_session_state_guard`), which refuses ``SET``, ``LISTEN``,
+session advisory locks and the like before they reach the proxy.
 ``POOLTENDER_ADMISSION*`` configure admission control, on by default: a concurrency limit
 applied before Flask sees the request (see :mod:`pooltender.admission.settings`).
 """
@@ -64,6 +72,7 @@ from pooltender.budget import (
 from pooltender.failures import register_error_handlers
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
+from pooltender.proxy import install_session_state_guard, is_transaction_pooling
 from pooltender.queueing import MMcQueue
 from pooltender.settings import (
     EXTENSION_SETTING_KEYS,
@@ -255,6 +264,8 @@ class Pooltender:
     def _watch(self, engine: Engine, settings: PoolSettings) -> PoolWatch:
         register_engine(engine)
         watch = install_watch(engine, leak_threshold=settings.leak_threshold)
+        if is_transaction_pooling(settings.proxy):  # nothing may outlive a transaction
+            install_session_state_guard(engine)
         if settings.pool_pre_ping and settings.ping_after_idle > 0:
             install_idle_ping(engine, settings.ping_after_idle)
         return watch

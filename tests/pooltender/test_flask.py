@@ -267,3 +267,14 @@ def test_misconfiguration_is_refused_with_a_message_naming_the_fix(tmp_path: Any
     extension = Pooltender(app2, SQLAlchemy())
     with pytest.raises(RuntimeError, match="already registered"):
         extension.init_app(app2, SQLAlchemy())
+
+
+def test_the_module_docstring_names_every_fleet_key_and_the_proxy() -> None:
+    """The docstring is where an adopter reads the config keys: each fleet key (the proxy's
+    included) and POOLTENDER_PROXY are named there."""
+    import pooltender.flask
+    from pooltender.budget import fleet_config_keys
+
+    doc = pooltender.flask.__doc__ or ""
+    missing = [k for k in [*fleet_config_keys(), "POOLTENDER_PROXY"] if f"``{k}``" not in doc]
+    assert not missing, missing

@@ -238,3 +238,70 @@ def test_missing_pgbouncer_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(servers_module, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="pgbouncer is not available"):
         PgBouncer("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def test_the_flask_extension_guards_each_engine_behind_transaction_pooling(
+    bouncer: PgBouncer,
+) -> None:
+    """``POOLTENDER_PROXY=pgbouncer-transaction`` in the Flask extension: every engine (the
+    default bind and a second one) refuses session state before PgBouncer sees it; without
+    the setting the same statement runs."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from pooltender.flask import Pooltender
+
+    def app_with(proxy: str) -> tuple[Flask, SQLAlchemy]:
+        app = Flask(__name__)
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=bouncer.url(),
+            SQLALCHEMY_BINDS={"reports": bouncer.url()},
+            POOLTENDER_PROXY=proxy,
+            POOLTENDER_POOL_SIZE=2,
+            POOLTENDER_MAX_OVERFLOW=0,
+        )
+        db = SQLAlchemy()
+        Pooltender(app, db, protect=lambda: None)
+        return app, db
+
+    app, db = app_with("pgbouncer-transaction")
+    try:
+        with app.app_context():
+            assert len(db.engines) == 2
+            for engine in db.engines.values():
+                with engine.connect() as conn:
+                    with pytest.raises(SessionStateError, match="use SET LOCAL"):
+                        conn.execute(text("SET statement_timeout = 1000"))
+                    conn.rollback()
+                    conn.execute(text("SET LOCAL statement_timeout = 1000"))  # allowed
+                    conn.rollback()
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+    app, db = app_with("none")
+    try:
+        with app.app_context(), db.engine.connect() as conn:
+            conn.execute(text("SET statement_timeout = 1000"))  # the guard is not installed
+            conn.rollback()
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+def test_the_guard_installed_twice_is_one_guard(bouncer: PgBouncer) -> None:
+    from sqlalchemy import event
+
+    from pooltender.proxy import _refuse_session_state
+
+    engine = create_engine(bouncer.url(), **PROXY.engine_options(bouncer.url()))
+    try:
+        install_session_state_guard(engine)
+        install_session_state_guard(engine)
+        assert event.contains(engine, "before_cursor_execute", _refuse_session_state)
+        event.remove(engine, "before_cursor_execute", _refuse_session_state)
+        assert not event.contains(engine, "before_cursor_execute", _refuse_session_state)
+    finally:
+        engine.dispose()
