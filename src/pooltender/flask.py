@@ -9,10 +9,16 @@ Adopting it in a Flask-SQLAlchemy app is one line in place of ``db.init_app(app)
 
 What ``init_app(app, db)`` does, in order:
 
-1. reads :class:`~pooltender.settings.PoolSettings` from the ``POOLTENDER_*`` config keys
-   (typos fail loudly) and writes them into ``SQLALCHEMY_ENGINE_OPTIONS``, with
-   :class:`~pooltender.shedding.SheddingQueuePool` as the pool class; a pool option set in
-   both places is refused, so there is one source of truth;
+1. reads :class:`~pooltender.settings.PoolSettings` and the extension's own keys, each key
+   from the first of: the ``settings=`` (``shape=``) argument, ``app.config``, the
+   environment (``os.environ``), the default -- every source through the one strict parser of
+   :mod:`pooltender.settings` (typos and empty values fail loudly); the app's own pool
+   options in ``SQLALCHEMY_ENGINE_OPTIONS`` (``pool_size``, ``max_overflow``,
+   ``pool_timeout``, ``pool_recycle``, ``pool_pre_ping``, ``pool_use_lifo``, ``echo_pool``)
+   are adopted, with an info log saying so, and refused only when they conflict with a value
+   the user set (a ``POOLTENDER_*`` key, or the ``settings=`` argument); then writes them
+   into ``SQLALCHEMY_ENGINE_OPTIONS``, with :class:`~pooltender.shedding.SheddingQueuePool`
+   as the pool class;
 2. registers its teardown *before* ``db.init_app(app)`` (Flask runs teardowns in reverse), so
    its safety net runs after Flask-SQLAlchemy has removed the request's session;
 3. calls ``db.init_app(app)`` and installs the watch (leak detection, second-checkout
@@ -46,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -62,6 +69,8 @@ from pooltender.admission import (  # admission control (issue 10)
     settings_for_app,
 )
 from pooltender.budget import (
+    LOAD_PREFIX,
+    SERVER_PREFIX,
     BudgetReport,
     FleetShape,
     check_startup,
@@ -75,6 +84,7 @@ from pooltender.liveness import install_idle_ping
 from pooltender.proxy import install_session_state_guard, is_transaction_pooling
 from pooltender.queueing import MMcQueue
 from pooltender.settings import (
+    DEFAULT_PREFIX,
     EXTENSION_SETTING_KEYS,
     WATCHED_PING_AFTER_IDLE,
     ExtensionSettings,
@@ -96,6 +106,8 @@ __all__ = [
     "EXTENSION_KEYS",
     "WATCHED_PING_AFTER_IDLE",
     "Pooltender",
+    "adopt_engine_options",
+    "configured_keys",
     "settings_from_config",
     "shape_from_config",
     "stats_json",
@@ -110,7 +122,105 @@ _FLEET_KEYS: dict[str, str] = fleet_config_keys()  # derived from FleetShape's f
 #: Every key the extension reads besides PoolSettings': its own, the fleet shape's and
 #: admission control's.
 EXTENSION_KEYS: frozenset[str] = EXTENSION_SETTING_KEYS | frozenset(_FLEET_KEYS) | ADMISSION_KEYS
-_POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
+#: SQLALCHEMY_ENGINE_OPTIONS keys that are PoolSettings fields of the same name and meaning.
+_POOL_OPTIONS = (
+    "pool_size",
+    "max_overflow",
+    "pool_timeout",
+    "pool_recycle",
+    "pool_pre_ping",
+    "pool_use_lifo",
+    "echo_pool",
+)
+
+
+#: Environment keys that are ``pooltender budget``'s, not the extension's.
+_CLI_ONLY_PREFIXES = (SERVER_PREFIX, LOAD_PREFIX)
+
+
+def configured_keys(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Every ``POOLTENDER_*`` key the extension reads: the environment's (``os.environ``
+    unless ``environ`` is given; ``pooltender budget``'s ``POOLTENDER_SERVER_*`` and
+    ``POOLTENDER_LOAD_*`` left out), overridden key by key by ``config``'s (app.config)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {
+        k: v
+        for k, v in environ.items()
+        if k.startswith(DEFAULT_PREFIX) and not k.startswith(_CLI_ONLY_PREFIXES)
+    }
+    merged.update(
+        (k, v) for k, v in config.items() if isinstance(k, str) and k.startswith(DEFAULT_PREFIX)
+    )
+    return merged
+
+
+def adopt_engine_options(
+    engine_options: Mapping[str, Any],
+    settings: PoolSettings,
+    *,
+    set_by_user: Mapping[str, Any] | None,
+) -> PoolSettings:
+    """``settings`` with the pool options of the app's own ``SQLALCHEMY_ENGINE_OPTIONS``
+    adopted, logging each one adopted.
+
+    An option is refused (:class:`SettingsError` naming both) only when it conflicts with a
+    value the user set: a ``POOLTENDER_*`` key present in ``set_by_user`` (app.config and
+    the environment) with another value, or any other value than ``settings``' when
+    ``set_by_user`` is None (an explicit ``settings=`` argument sets every field). A value
+    that cannot be used is refused by PoolSettings' own validation, under the option's name.
+    """
+    adopted: dict[str, Any] = {}
+    problems: list[SettingsProblem] = []
+    for name in _POOL_OPTIONS:
+        if name not in engine_options:
+            continue
+        value, current = engine_options[name], getattr(settings, name)
+        if value == current:
+            continue
+        key = settings.key(name)
+        if set_by_user is None:
+            why = f"clashes with settings=PoolSettings({name}={current!r}) passed to Pooltender"
+        elif key in set_by_user:
+            why = f"clashes with {key}={set_by_user[key]!r}"
+        else:
+            adopted[name] = value
+            continue
+        problems.append(
+            SettingsProblem(
+                f"SQLALCHEMY_ENGINE_OPTIONS[{name!r}]",
+                value,
+                f"{why}; set it in one place (remove one of them)",
+            )
+        )
+    if problems:
+        raise SettingsError(problems)
+    if not adopted:
+        return settings
+    try:
+        settings = settings.with_values(**adopted)
+    except SettingsError as exc:
+        raise SettingsError(
+            [
+                SettingsProblem(
+                    f"SQLALCHEMY_ENGINE_OPTIONS[{p.key.removeprefix(DEFAULT_PREFIX).lower()!r}]"
+                    if p.key.removeprefix(DEFAULT_PREFIX).lower() in adopted
+                    else p.key,
+                    p.value,
+                    p.message,
+                )
+                for p in exc.problems
+            ]
+        ) from None
+    for name, value in adopted.items():
+        log.info(
+            "adopted SQLALCHEMY_ENGINE_OPTIONS[%r]=%r as %s (not set otherwise)",
+            name,
+            value,
+            settings.key(name),
+        )
+    return settings
 
 
 def shape_from_config(config: Mapping[str, Any]) -> FleetShape | None:
@@ -158,10 +268,10 @@ class _State:
 class Pooltender:
     """The extension. ``Pooltender(app, db)`` or ``Pooltender()`` then ``init_app(app, db)``.
 
-    ``settings`` overrides the ``POOLTENDER_*`` config; ``shape`` the ``POOLTENDER_FLEET_*``
-    config. ``protect`` is called before the JSON endpoints and the dashboard answer (raise
-    or abort there to refuse, e.g. an admin check); ``/metrics`` is left to network policy,
-    as is the convention for Prometheus targets.
+    ``settings`` overrides the ``POOLTENDER_*`` pool keys of app.config and the environment;
+    ``shape`` the ``POOLTENDER_FLEET_*`` ones. ``protect`` is called before the JSON
+    endpoints and the dashboard answer (raise or abort there to refuse, e.g. an admin check);
+    ``/metrics`` is left to network policy, as is the convention for Prometheus targets.
     """
 
     def __init__(
@@ -195,12 +305,20 @@ class Pooltender:
                 "db.init_app(app) ran before Pooltender: its engines are built already, so the "
                 "pool settings cannot apply; call Pooltender(app, db) instead of db.init_app(app)"
             )
-        settings = self._settings or settings_from_config(app.config)
-        options = ExtensionSettings.from_mapping(app.config)
-        shape = self._shape or shape_from_config(app.config)
+        # precedence: settings= / shape= arguments, then app.config, then the environment,
+        # then the defaults; one strict parser (pooltender.settings) for every source
+        config = configured_keys(app.config)
+        settings = self._settings or settings_from_config(config)
+        settings = adopt_engine_options(
+            app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {},
+            settings,
+            set_by_user=None if self._settings is not None else config,
+        )
+        options = ExtensionSettings.from_mapping(config)
+        shape = self._shape or shape_from_config(config)
         mode = options.budget_mode(has_fleet_shape=shape is not None)
         # admission control (issue 10): validated before any engine is built
-        admission = settings_for_app(app.config, pool_cap=settings.per_process_cap)
+        admission = settings_for_app(config, pool_cap=settings.per_process_cap)
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = self._engine_options(app, settings)
         state = _State(settings=settings, options=options, db=db)
         app.extensions["pooltender"] = state
@@ -240,20 +358,7 @@ class Pooltender:
     def _engine_options(self, app: Flask, settings: PoolSettings) -> dict[str, Any]:
         uri = app.config.get("SQLALCHEMY_DATABASE_URI")
         options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
-        ours = settings.engine_options(uri)
-        clashes = [k for k in _POOL_OPTIONS if k in options and k in ours and options[k] != ours[k]]
-        if clashes:
-            raise SettingsError(
-                [
-                    SettingsProblem(
-                        f"SQLALCHEMY_ENGINE_OPTIONS[{k!r}]",
-                        options[k],
-                        f"clashes with {settings.key(k)}={ours[k]!r}; set pool options only "
-                        "through POOLTENDER_* keys",
-                    )
-                    for k in clashes
-                ]
-            )
+        ours = settings.engine_options(uri)  # the user's pool options were adopted above
         # Driver timeouts (pooltender.settings) under the app's own connect_args, which win.
         ours["connect_args"] = {**ours.get("connect_args", {}), **options.get("connect_args", {})}
         options.update(ours)

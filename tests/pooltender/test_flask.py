@@ -254,8 +254,8 @@ def test_misconfiguration_is_refused_with_a_message_naming_the_fix(tmp_path: Any
     url = f"sqlite:///{tmp_path / 'x.db'}"
     with pytest.raises(SettingsError, match="POOLTENDER_POOL_SIZ"):
         make_app(url, POOLTENDER_POOL_SIZ=3)
-    with pytest.raises(SettingsError, match="clashes with POOLTENDER_POOL_SIZE"):
-        make_app(url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 50})
+    with pytest.raises(SettingsError, match="clashes with POOLTENDER_POOL_SIZE=3"):
+        make_app(url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 50}, POOLTENDER_POOL_SIZE=3)
     db = SQLAlchemy()
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
