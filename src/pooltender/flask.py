@@ -25,8 +25,10 @@ What ``init_app(app, db)`` does, in order:
    reports) and the idle-window liveness ping on every engine;
 4. when a fleet shape is configured, runs the budget check against the live server
    (``POOLTENDER_BUDGET_CHECK``: ``fail`` refuses to start, ``warn`` logs, ``off``);
-5. serves ``/pooltender/stats`` and ``/pooltender/health`` (JSON) and ``/metrics``
-   (Prometheus text; multiprocess mode under gunicorn).
+5. serves ``/pooltender/stats`` and ``/pooltender/health`` (JSON), ``/metrics``
+   (Prometheus text; multiprocess mode under gunicorn; only with prometheus-client, the
+   ``prometheus`` extra) and the dashboard (``POOLTENDER_DASHBOARD``), each through the
+   guard, and only given ``protect=`` or ``public=True`` (see :class:`Pooltender`).
 
 Config keys besides PoolSettings' own (all optional): the extension's, read strictly into
 :class:`~pooltender.settings.ExtensionSettings` (each key's default and meaning are written
@@ -50,6 +52,7 @@ applied before Flask sees the request (see :mod:`pooltender.admission.settings`)
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import math
 import os
@@ -57,7 +60,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, abort, current_app, g, jsonify, request
 from sqlalchemy.engine import Engine
 
 from pooltender.admission import (  # admission control (issue 10)
@@ -269,9 +272,16 @@ class Pooltender:
     """The extension. ``Pooltender(app, db)`` or ``Pooltender()`` then ``init_app(app, db)``.
 
     ``settings`` overrides the ``POOLTENDER_*`` pool keys of app.config and the environment;
-    ``shape`` the ``POOLTENDER_FLEET_*`` ones. ``protect`` is called before the JSON
-    endpoints and the dashboard answer (raise or abort there to refuse, e.g. an admin check);
-    ``/metrics`` is left to network policy, as is the convention for Prometheus targets.
+    ``shape`` the ``POOLTENDER_FLEET_*`` ones.
+
+    The pages (``/pooltender/stats``, ``/pooltender/health``, ``/metrics``, the dashboard)
+    show leak reports with source lines and who holds the server's connections, so they are
+    served only after an explicit choice: ``protect`` is called before each of them answers
+    (raise or abort there to refuse, e.g. an admin check), or ``public=True`` serves them to
+    anyone (behind a trusted network). Without either they are not registered and one warning
+    says why. A scraper can authenticate to ``/metrics`` with ``POOLTENDER_METRICS_TOKEN``
+    (``Authorization: Bearer <token>``), which serves ``/metrics`` even without ``protect``;
+    a request without the token then goes to ``protect`` (401 when there is none).
     """
 
     def __init__(
@@ -282,10 +292,14 @@ class Pooltender:
         settings: PoolSettings | None = None,
         shape: FleetShape | None = None,
         protect: Callable[[], None] | None = None,
+        public: bool = False,
     ) -> None:
+        if protect is not None and public:
+            raise TypeError("Pooltender(..., protect=..., public=True): give one of them")
         self._settings = settings
         self._shape = shape
         self._protect = protect
+        self._public = public
         if app is not None:
             if db is None:
                 raise TypeError("Pooltender(app, db): pass the Flask-SQLAlchemy object too")
@@ -448,43 +462,97 @@ class Pooltender:
     # ------------------------------------------------------------------ endpoints
 
     def _add_routes(self, app: Flask, state: _State) -> None:
+        """Register the pages that are guarded: all of them with ``protect`` or
+        ``public=True``; without either, only ``/metrics`` when a metrics token is set, and
+        one warning lists the pages left out and why."""
         options = state.options
+        guarded = self._protect is not None or self._public
+        left_out: list[str] = []
         prefix = options.path("endpoints")
         if prefix is not None:
-            app.add_url_rule(f"{prefix}/stats", "pooltender_stats", self._stats_view)
-            app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
+            if guarded:
+                app.add_url_rule(f"{prefix}/stats", "pooltender_stats", self._stats_view)
+                app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
+            else:
+                left_out += [f"{prefix}/stats", f"{prefix}/health"]
         metrics_path = options.path("metrics_path")
         if metrics_path is not None:
-            try:  # the `prometheus` extra; `pip install 'pooltender[flask]'` alone must work
-                from pooltender.metrics import MultiprocessMirror, multiprocess_enabled
-            except ModuleNotFoundError as exc:
-                if (exc.name or "").split(".")[0] != "prometheus_client":
-                    raise
-                log.warning(
-                    "%s not served: prometheus-client is not installed; "
-                    "pip install 'pooltender[prometheus]' (or set POOLTENDER_METRICS_PATH=off)",
-                    metrics_path,
-                )
+            if guarded or options.metrics_token:
+                self._add_metrics(app, state, metrics_path)
             else:
-                if multiprocess_enabled():
-                    state.mirror = MultiprocessMirror(state.stats, state.extra)
-                app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
+                left_out.append(metrics_path)
         dashboard_path = options.path("dashboard_path")
         if options.dashboard and dashboard_path is not None:
-            from pooltender.dashboard import inspection_snapshots, register_dashboard
+            if not guarded:
+                left_out.append(f"{dashboard_path}/")
+            else:
+                from pooltender.dashboard import inspection_snapshots, register_dashboard
 
-            register_dashboard(
-                app,
-                path=dashboard_path,
-                pool_stats=state.stats,
-                snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
-                protect=self._protect,
-                admission=lambda: admission_json(admission_of(app)),  # issue 10
+                register_dashboard(
+                    app,
+                    path=dashboard_path,
+                    pool_stats=state.stats,
+                    snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
+                    protect=self._protect,
+                    admission=lambda: admission_json(admission_of(app)),  # issue 10
+                )
+        if left_out:
+            log.warning(
+                "pooltender pages not served: %s. They show leak reports with source files and "
+                "lines, pool figures and who holds the server's connections, so they need an "
+                "explicit choice: Pooltender(app, db, protect=<callable that refuses "
+                "outsiders>) or Pooltender(app, db, public=True) behind a trusted network; "
+                "POOLTENDER_METRICS_TOKEN serves %s to a scraper sending that bearer token",
+                ", ".join(left_out),
+                metrics_path or "/metrics",
             )
+
+    def _add_metrics(self, app: Flask, state: _State, path: str) -> None:
+        try:  # the `prometheus` extra; `pip install 'pooltender[flask]'` alone must work
+            from pooltender.metrics import MultiprocessMirror, multiprocess_enabled
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "prometheus_client":
+                raise
+            log.warning(
+                "%s not served: prometheus-client is not installed; "
+                "pip install 'pooltender[prometheus]' (or set POOLTENDER_METRICS_PATH=off)",
+                path,
+            )
+            return
+        if multiprocess_enabled():
+            state.mirror = MultiprocessMirror(state.stats, state.extra)
+        app.add_url_rule(path, "pooltender_metrics", self._metrics_view)
 
     def _guard(self) -> None:
         if self._protect is not None:
             self._protect()
+
+    def _metrics_guard(self) -> None:
+        """The scraper's bearer token when one is set (constant-time comparison), else the
+        ``protect`` callable; without either a token is required (401)."""
+        token = self._state().options.metrics_token
+        if not token:
+            self._guard()
+            return
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return
+        if self._protect is not None:
+            self._protect()
+            return
+        response = jsonify(
+            {
+                "error": {
+                    "code": "unauthorized",
+                    "message": "send the metrics token: Authorization: Bearer <token>",
+                }
+            }
+        )
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        abort(response)
 
     def _stats_view(self) -> Response:
         self._guard()
@@ -525,6 +593,7 @@ class Pooltender:
         return jsonify({"status": status, "engines": engines}), 200 if healthy else 503
 
     def _metrics_view(self) -> Response:
+        self._metrics_guard()
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         from pooltender.metrics import PoolCollector

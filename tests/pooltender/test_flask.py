@@ -45,7 +45,7 @@ def make_app(url: str, **config: Any) -> tuple[Flask, SQLAlchemy]:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.update(config)
-    Pooltender(app, db)
+    Pooltender(app, db, public=True)
 
     @app.get("/query")
     def query() -> dict[str, int]:

@@ -94,9 +94,7 @@ def test_budget_cli_keys_in_the_environment_are_not_the_extensions(
     assert pool_size(*apps()) == PoolSettings().pool_size
 
 
-def test_the_apps_own_pool_options_are_adopted(
-    apps: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_apps_own_pool_options_are_adopted(apps: Any, caplog: pytest.LogCaptureFixture) -> None:
     """The newcomer's case: SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 10} was refused as
     clashing with POOLTENDER_POOL_SIZE=4, which they never set."""
     with caplog.at_level(logging.INFO, logger="pooltender.flask"):
