@@ -116,15 +116,16 @@ def _proxy_table(report: DoctorReport) -> Any:
         "server backends",
     ):
         table.add_column(column, justify="left" if column in ("database/user", "mode") else "right")
-    for p in report.proxy or ():
-        app = "-" if p.app_client_connections is None else str(p.app_client_connections)
+    for line in report.proxy or ():
+        p = line.pool
+        app = "-" if line.app_client_connections is None else str(line.app_client_connections)
         table.add_row(
             f"{p.database}/{p.user}",
             p.pool_mode,
             app,
             *(str(n) for n in (p.cl_active, p.cl_waiting, p.sv_active, p.sv_idle, p.sv_used)),
             f"{p.maxwait:g}",
-            str(p.server_backends),
+            str(line.server_backends),
         )
     return table
 

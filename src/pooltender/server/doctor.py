@@ -487,7 +487,8 @@ def _budget_finding(b: BudgetReport) -> Finding:
 
 
 def _proxy(lines: Sequence[ProxyLine]) -> Iterable[Finding]:
-    for p in lines:
+    for line in lines:
+        p = line.pool
         pool = f"PgBouncer pool {p.database}/{p.user}"
         if p.cl_waiting:
             yield Finding(
@@ -505,21 +506,21 @@ def _proxy(lines: Sequence[ProxyLine]) -> Iterable[Finding]:
                 ),
                 figures={"cl_waiting": p.cl_waiting, "maxwait": p.maxwait},
             )
-        if p.bypassing:
+        if line.bypassing:
             yield Finding(
                 code="proxy-bypass",
                 severity=Severity.WARNING,
-                title=f"{p.bypassing} backend(s) of {p.database}/{p.user} do not come "
+                title=f"{line.bypassing} backend(s) of {p.database}/{p.user} do not come "
                 f"through {pool}",
                 evidence=(
-                    f"pg_stat_activity has {p.server_backends} backend(s) of database "
-                    f"{p.database} user {p.user}; PgBouncer holds {p.proxy_servers}",
+                    f"pg_stat_activity has {line.server_backends} backend(s) of database "
+                    f"{p.database} user {p.user}; PgBouncer holds {p.servers}",
                 ),
                 remedy=(
                     "point every client of this database at PgBouncer (or count the direct "
                     "ones as other_clients in the fleet budget)",
                 ),
-                figures={"server_backends": p.server_backends, "proxy_servers": p.proxy_servers},
+                figures={"server_backends": line.server_backends, "proxy_servers": p.servers},
             )
 
 

@@ -22,6 +22,7 @@ its ``SHOW POOLS`` documentation (https://www.pgbouncer.org/usage.html#show-pool
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,40 +36,27 @@ __all__ = ["ProxyLine", "lineup", "read_lineup"]
 
 @dataclass(frozen=True, kw_only=True)
 class ProxyLine:
-    """One (database, user) seen from the app, from PgBouncer and from the server."""
+    """One PgBouncer pool (database, user) seen from the app, from PgBouncer and from the
+    server."""
 
-    database: str
-    user: str
-    pool_mode: str
+    pool: PgBouncerPool
     app_client_connections: int | None
     """Client connections the fleet may open (None: no fleet shape given)."""
-    cl_active: int
-    cl_waiting: int
-    sv_active: int
-    sv_idle: int
-    sv_used: int
-    maxwait: float
     server_backends: int
     """Backends of this database and user in pg_stat_activity (the doctor's own excluded)."""
 
     @property
-    def proxy_clients(self) -> int:
-        return self.cl_active + self.cl_waiting
-
-    @property
-    def proxy_servers(self) -> int:
-        return self.sv_active + self.sv_idle + self.sv_used
-
-    @property
     def bypassing(self) -> int:
         """Backends beyond the proxy's server connections (0 when none)."""
-        return max(self.server_backends - self.proxy_servers, 0)
+        return max(self.server_backends - self.pool.servers, 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **asdict(self),
-            "proxy_clients": self.proxy_clients,
-            "proxy_servers": self.proxy_servers,
+            **asdict(self.pool),
+            "app_client_connections": self.app_client_connections,
+            "server_backends": self.server_backends,
+            "proxy_clients": self.pool.clients,
+            "proxy_servers": self.pool.servers,
             "bypassing": self.bypassing,
         }
 
@@ -81,24 +69,14 @@ def lineup(
     users: Sequence[str] = (),
 ) -> tuple[ProxyLine, ...]:
     """Each PgBouncer pool beside the server's backends of the same database and user."""
-    backends: dict[tuple[str, str], int] = {}
-    for c in snapshot.client_connections():
-        if not c.is_self:
-            key = (c.database or "", c.user or "")
-            backends[key] = backends.get(key, 0) + 1
+    backends = Counter(
+        (c.database or "", c.user or "") for c in snapshot.client_connections() if not c.is_self
+    )
     return tuple(
         ProxyLine(
-            database=p.database,
-            user=p.user,
-            pool_mode=p.pool_mode,
+            pool=p,
             app_client_connections=app_client_connections,
-            cl_active=p.cl_active,
-            cl_waiting=p.cl_waiting,
-            sv_active=p.sv_active,
-            sv_idle=p.sv_idle,
-            sv_used=p.sv_used,
-            maxwait=p.maxwait,
-            server_backends=backends.get((p.database, p.user), 0),
+            server_backends=backends[(p.database, p.user)],
         )
         for p in pools
         if not users or p.user in users
