@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -174,6 +175,33 @@ def render(report: DoctorReport) -> None:
     console.print(f"\nverdict: {verdict}")
 
 
+#: The Thresholds fields a flag sets: (flag, parameter, type, help); defaults from Thresholds.
+_THRESHOLD_FLAGS: tuple[tuple[str, str, click.ParamType[Any], str], ...] = (
+    ("--near-limit", "near_limit", click.FloatRange(0, 1, min_open=True),
+     "Fraction of max_connections that is a finding."),
+    ("--idle-after", "idle_after", click.FloatRange(0),
+     "Seconds idle before a connection counts as long-idle."),
+    ("--idle-per-host", "idle_per_group", click.IntRange(0),
+     "Long-idle connections from one account on one host that are a finding."),
+    ("--idle-in-transaction-after", "idle_in_transaction_after", click.FloatRange(0),
+     "Seconds idle inside a transaction that are a finding."),
+)  # fmt: skip
+
+
+def _threshold_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add one option per :data:`_THRESHOLD_FLAGS` entry, in that order in ``--help``."""
+    for flag, name, kind, help_text in reversed(_THRESHOLD_FLAGS):
+        command = click.option(
+            flag,
+            name,
+            type=kind,
+            default=getattr(_DEFAULT_THRESHOLDS, name),
+            show_default=True,
+            help=help_text,
+        )(command)
+    return command
+
+
 _EPILOG = """\b
 Examples:
   pooltender doctor mysql+mysqldb://ops@db/app
@@ -214,35 +242,7 @@ Exit status: 0 healthy, 1 findings (warning or worse), 2 no URL or cannot connec
     metavar="USER",
     help="Only look at this account's connections (repeatable); server-wide checks still apply.",
 )
-@click.option(
-    "--near-limit",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=_DEFAULT_THRESHOLDS.near_limit,
-    show_default=True,
-    help="Fraction of max_connections that is a finding.",
-)
-@click.option(
-    "--idle-after",
-    type=click.FloatRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_after,
-    show_default=True,
-    help="Seconds idle before a connection counts as long-idle.",
-)
-@click.option(
-    "--idle-per-host",
-    "idle_per_group",
-    type=click.IntRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_per_group,
-    show_default=True,
-    help="Long-idle connections from one account on one host that are a finding.",
-)
-@click.option(
-    "--idle-in-transaction-after",
-    type=click.FloatRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_in_transaction_after,
-    show_default=True,
-    help="Seconds idle inside a transaction that are a finding.",
-)
+@_threshold_options
 def doctor_command(
     url: str | None,
     as_json: bool,
