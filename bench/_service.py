@@ -480,10 +480,11 @@ class Service:
                     )
         return out
 
-    def metrics_text(self) -> str:
-        """The service's ``/metrics`` (fleet-wide under PROMETHEUS_MULTIPROC_DIR); "" if none."""
+    def metrics_text(self, admin_token: str) -> str:
+        """The service's ``/metrics`` (fleet-wide under PROMETHEUS_MULTIPROC_DIR); "" if none.
+        The page goes through coupons' admin guard, so the scrape sends an admin token."""
         with contextlib.suppress(OSError):
-            status, body = _http("GET", f"{self.url}/metrics")
+            status, body = _http("GET", f"{self.url}/metrics", token=admin_token)
             if status == 200:
                 return body.decode(errors="replace")
         return ""

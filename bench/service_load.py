@@ -289,7 +289,7 @@ def run_phase(
     out = ctx.tmp / f"{run_id}.samples"
     log = ctx.tmp / f"{run_id}.generator.log"
     errors_1040_before = ctx.database.status("Connection_errors_max_connections")
-    metrics_before = _prom.scrape(service.metrics_text())
+    metrics_before = _prom.scrape(service.metrics_text(admin_token))
     hot_before = (
         ctx.database.campaign_counts(ctx.seed.hot_campaign_id) if phase.mode == "hot" else None
     )
@@ -327,7 +327,7 @@ def run_phase(
     window = (start + args.warmup, start + args.warmup + args.duration)
     summary = summarize(samples, *window)
     connections = _window_stats(sampler.points, *window)
-    metrics_after = _prom.scrape(service.metrics_text())
+    metrics_after = _prom.scrape(service.metrics_text(admin_token))
     record: dict[str, Any] = {
         "round": round_no,
         "config": config.key,

@@ -59,7 +59,7 @@ def scraped_sample_names(tmp_path: Path) -> set[str]:
     db = SQLAlchemy()
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'metrics.db'}"
-    Pooltender(app, db)
+    Pooltender(app, db, public=True)
 
     @app.get("/query")
     def query() -> dict[str, int]:

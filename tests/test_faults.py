@@ -200,7 +200,7 @@ def test_every_route_answers_503_when_the_database_is_down(
         with caplog.at_level(logging.INFO):
             response = client.open(path, method=method, json=body, headers=headers)
         assert_unavailable(response, caplog.records)
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics", headers=_token(Role.ADMIN)).get_data(as_text=True)
     assert f"pooltender_requests_unavailable_total {float(len(ROUTES))}" in metrics
 
 

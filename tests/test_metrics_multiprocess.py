@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,14 @@ SCRAPES = 20
 RECYCLE_AFTER = (6, 13)
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=20) as response:  # noqa: S310 - local test server
+#: The scraper's bearer token (POOLTENDER_METRICS_TOKEN): /metrics goes through the guard.
+METRICS_TOKEN = "a-scraper-token-for-this-test-only"
+
+
+def _get(url: str, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    wanted = urllib.request.Request(url, headers=headers)  # noqa: S310 - local test server
+    with urllib.request.urlopen(wanted, timeout=20) as response:  # noqa: S310
         return str(response.read().decode())
 
 
@@ -76,6 +83,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
         "COUPONS_ENV": "development",
         "SECRET_KEY": "a-test-secret-that-is-at-least-32-characters-long",
+        "POOLTENDER_METRICS_TOKEN": METRICS_TOKEN,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # coupons serve must make its own
     with log.open("w") as out:
@@ -180,11 +188,15 @@ def test_counters_never_drop_across_workers_and_recycling(served: Served) -> Non
         traffic(served.base)
         time.sleep(0.2)
 
+    with pytest.raises(urllib.error.HTTPError) as anonymous:  # /metrics goes through the guard
+        _get(f"{served.base}/metrics")
+    assert anonymous.value.code in (401, 403)
+
     scrapes: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
     killed: list[int] = []
     for number in range(1, SCRAPES + 1):
         traffic(served.base, requests=12)
-        scrapes.append(counter_samples(_get(f"{served.base}/metrics")))
+        scrapes.append(counter_samples(_get(f"{served.base}/metrics", METRICS_TOKEN)))
         if number in RECYCLE_AFTER:
             victim = served.workers()[0]
             os.kill(victim, signal.SIGTERM)  # gunicorn's graceful worker exit; it forks a new one

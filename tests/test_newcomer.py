@@ -16,7 +16,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
@@ -170,11 +169,59 @@ def test_otel_needs_only_the_api() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pooltender/flask.py imports pooltender.metrics (prometheus_client) at module level "
-    "(line 79); the import belongs inside the metrics route's set-up (issue 13, lead to merge)",
-)
 def test_the_flask_integration_imports_without_prometheus_client() -> None:
     done = import_without("prometheus_client,rich,libcst", "pooltender.flask")
     assert done.returncode == 0, done.stderr
+
+
+#: An app under the blocker: without prometheus-client /metrics is not registered, the rest is,
+#: and one warning names the extra to install.
+FLASK_WITHOUT_PROMETHEUS = textwrap.dedent(
+    """
+    import logging, sys
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+    from pooltender.flask import Pooltender
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("pooltender").addHandler(handler)
+    app = Flask("newcomer")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + sys.argv[3]
+    db = SQLAlchemy()
+    Pooltender(app, db, protect=lambda: None)
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    assert "/metrics" not in rules, rules
+    assert "/pooltender/stats" in rules, rules
+    with app.test_client() as client:
+        assert client.get("/pooltender/stats").status_code == 200
+        assert client.get("/metrics").status_code == 404
+    warned = [r.getMessage() for r in records if "prometheus" in r.getMessage()]
+    assert len(warned) == 1, warned
+    print(warned[0])
+    """
+)
+
+
+def test_without_prometheus_client_metrics_is_not_served_and_one_warning_says_why(
+    tmp_path: Path,
+) -> None:
+    script = BLOCKER.replace('print("ok")', FLASK_WITHOUT_PROMETHEUS)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "prometheus_client",
+            "pooltender.flask",
+            str(tmp_path / "a.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'pooltender[prometheus]'" in done.stdout

@@ -357,6 +357,14 @@ class Remedy:
     proposed: int | None = None
 
 
+def _raise_max_connections(limits: ServerLimits | None, required: int) -> Remedy:
+    """The last remedy of every refusal: the server's limit raised to what the fleet needs."""
+    current = limits.max_connections if limits is not None else None
+    return Remedy(
+        f"raise max_connections from {current} to {required}", "max_connections", current, required
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProxySide:
     """The proxy's two limits checked: client connections reaching each instance against
@@ -690,15 +698,7 @@ class ConnectionBudget:
                     f"{PROXY_PREFIX}PLACEMENT",
                 )
             )
-        current = limits.max_connections if limits is not None else None
-        remedies.append(
-            Remedy(
-                f"raise max_connections from {current} to {required}",
-                "max_connections",
-                current,
-                required,
-            )
-        )
+        remedies.append(_raise_max_connections(limits, required))
         return tuple(remedies)
 
     def _remedies(
@@ -762,15 +762,7 @@ class ConnectionBudget:
                     1,
                 )
             )
-        current = limits.max_connections if limits is not None else None
-        remedies.append(
-            Remedy(
-                f"raise max_connections from {current} to {required}",
-                "max_connections",
-                current,
-                required,
-            )
-        )
+        remedies.append(_raise_max_connections(limits, required))
         return tuple(remedies)
 
     def _notes(self) -> tuple[str, ...]:

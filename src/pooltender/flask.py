@@ -9,18 +9,26 @@ Adopting it in a Flask-SQLAlchemy app is one line in place of ``db.init_app(app)
 
 What ``init_app(app, db)`` does, in order:
 
-1. reads :class:`~pooltender.settings.PoolSettings` from the ``POOLTENDER_*`` config keys
-   (typos fail loudly) and writes them into ``SQLALCHEMY_ENGINE_OPTIONS``, with
-   :class:`~pooltender.shedding.SheddingQueuePool` as the pool class; a pool option set in
-   both places is refused, so there is one source of truth;
+1. reads :class:`~pooltender.settings.PoolSettings` and the extension's own keys, each key
+   from the first of: the ``settings=`` (``shape=``) argument, ``app.config``, the
+   environment (``os.environ``), the default -- every source through the one strict parser of
+   :mod:`pooltender.settings` (typos and empty values fail loudly); the app's own pool
+   options in ``SQLALCHEMY_ENGINE_OPTIONS`` (``pool_size``, ``max_overflow``,
+   ``pool_timeout``, ``pool_recycle``, ``pool_pre_ping``, ``pool_use_lifo``, ``echo_pool``)
+   are adopted, with an info log saying so, and refused only when they conflict with a value
+   the user set (a ``POOLTENDER_*`` key, or the ``settings=`` argument); then writes them
+   into ``SQLALCHEMY_ENGINE_OPTIONS``, with :class:`~pooltender.shedding.SheddingQueuePool`
+   as the pool class;
 2. registers its teardown *before* ``db.init_app(app)`` (Flask runs teardowns in reverse), so
    its safety net runs after Flask-SQLAlchemy has removed the request's session;
 3. calls ``db.init_app(app)`` and installs the watch (leak detection, second-checkout
    reports) and the idle-window liveness ping on every engine;
 4. when a fleet shape is configured, runs the budget check against the live server
    (``POOLTENDER_BUDGET_CHECK``: ``fail`` refuses to start, ``warn`` logs, ``off``);
-5. serves ``/pooltender/stats`` and ``/pooltender/health`` (JSON) and ``/metrics``
-   (Prometheus text; multiprocess mode under gunicorn).
+5. serves ``/pooltender/stats`` and ``/pooltender/health`` (JSON), ``/metrics``
+   (Prometheus text; multiprocess mode under gunicorn; only with prometheus-client, the
+   ``prometheus`` extra) and the dashboard (``POOLTENDER_DASHBOARD``), each through the
+   guard, and only given ``protect=`` or ``public=True`` (see :class:`Pooltender`).
 
 Config keys besides PoolSettings' own (all optional): the extension's, read strictly into
 :class:`~pooltender.settings.ExtensionSettings` (each key's default and meaning are written
@@ -28,7 +36,15 @@ there, once), and the fleet shape, ``POOLTENDER_FLEET_HOSTS``, ``POOLTENDER_FLEE
 ``POOLTENDER_FLEET_WORKER_MODEL``, ``POOLTENDER_FLEET_CONCURRENCY``,
 ``POOLTENDER_FLEET_CONNECTIONS_PER_REQUEST``, ``POOLTENDER_FLEET_CONSUMERS``,
 ``POOLTENDER_FLEET_CONNECTIONS_PER_CONSUMER``, ``POOLTENDER_FLEET_OTHER_CLIENTS``,
-``POOLTENDER_FLEET_RESERVED`` (see :class:`~pooltender.budget.FleetShape`).
+``POOLTENDER_FLEET_RESERVED`` and the proxy in front of the server,
+``POOLTENDER_FLEET_PROXY_KIND``, ``POOLTENDER_FLEET_PROXY_MODE``,
+``POOLTENDER_FLEET_PROXY_PLACEMENT``, ``POOLTENDER_FLEET_PROXY_SERVER_POOL_SIZE``,
+``POOLTENDER_FLEET_PROXY_MAX_CLIENT_CONN`` (see :class:`~pooltender.budget.FleetShape`).
+``POOLTENDER_PROXY`` (a PoolSettings key, :mod:`pooltender.proxy`) says what this process
+connects through: with ``pgbouncer-transaction`` the driver's prepared statements are turned
+off and every engine gets the session-state guard
+(:func:`~pooltender.proxy.install_session_state_guard`), which refuses ``SET``, ``LISTEN``,
+session advisory locks and the like before they reach the proxy.
 ``POOLTENDER_ADMISSION*`` configure admission control, on by default: a concurrency limit
 applied before Flask sees the request (see :mod:`pooltender.admission.settings`).
 """
@@ -36,13 +52,15 @@ applied before Flask sees the request (see :mod:`pooltender.admission.settings`)
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, abort, current_app, g, jsonify, request
 from sqlalchemy.engine import Engine
 
 from pooltender.admission import (  # admission control (issue 10)
@@ -54,6 +72,8 @@ from pooltender.admission import (  # admission control (issue 10)
     settings_for_app,
 )
 from pooltender.budget import (
+    LOAD_PREFIX,
+    SERVER_PREFIX,
     BudgetReport,
     FleetShape,
     check_startup,
@@ -64,9 +84,10 @@ from pooltender.budget import (
 from pooltender.failures import register_error_handlers
 from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
-from pooltender.metrics import MultiprocessMirror, PoolCollector, multiprocess_enabled
+from pooltender.proxy import install_session_state_guard, is_transaction_pooling
 from pooltender.queueing import MMcQueue
 from pooltender.settings import (
+    DEFAULT_PREFIX,
     EXTENSION_SETTING_KEYS,
     WATCHED_PING_AFTER_IDLE,
     ExtensionSettings,
@@ -81,10 +102,15 @@ from pooltender.stats import PoolStats, pool_stats_json
 from pooltender.units import begin_unit
 from pooltender.watch import PoolWatch, end_unit_of_work, install_watch, watch_of
 
+if TYPE_CHECKING:  # prometheus-client is the optional `prometheus` extra: imported lazily
+    from pooltender.metrics import MultiprocessMirror
+
 __all__ = [
     "EXTENSION_KEYS",
     "WATCHED_PING_AFTER_IDLE",
     "Pooltender",
+    "adopt_engine_options",
+    "configured_keys",
     "settings_from_config",
     "shape_from_config",
     "stats_json",
@@ -99,7 +125,105 @@ _FLEET_KEYS: dict[str, str] = fleet_config_keys()  # derived from FleetShape's f
 #: Every key the extension reads besides PoolSettings': its own, the fleet shape's and
 #: admission control's.
 EXTENSION_KEYS: frozenset[str] = EXTENSION_SETTING_KEYS | frozenset(_FLEET_KEYS) | ADMISSION_KEYS
-_POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping")
+#: SQLALCHEMY_ENGINE_OPTIONS keys that are PoolSettings fields of the same name and meaning.
+_POOL_OPTIONS = (
+    "pool_size",
+    "max_overflow",
+    "pool_timeout",
+    "pool_recycle",
+    "pool_pre_ping",
+    "pool_use_lifo",
+    "echo_pool",
+)
+
+
+#: Environment keys that are ``pooltender budget``'s, not the extension's.
+_CLI_ONLY_PREFIXES = (SERVER_PREFIX, LOAD_PREFIX)
+
+
+def configured_keys(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Every ``POOLTENDER_*`` key the extension reads: the environment's (``os.environ``
+    unless ``environ`` is given; ``pooltender budget``'s ``POOLTENDER_SERVER_*`` and
+    ``POOLTENDER_LOAD_*`` left out), overridden key by key by ``config``'s (app.config)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {
+        k: v
+        for k, v in environ.items()
+        if k.startswith(DEFAULT_PREFIX) and not k.startswith(_CLI_ONLY_PREFIXES)
+    }
+    merged.update(
+        (k, v) for k, v in config.items() if isinstance(k, str) and k.startswith(DEFAULT_PREFIX)
+    )
+    return merged
+
+
+def adopt_engine_options(
+    engine_options: Mapping[str, Any],
+    settings: PoolSettings,
+    *,
+    set_by_user: Mapping[str, Any] | None,
+) -> PoolSettings:
+    """``settings`` with the pool options of the app's own ``SQLALCHEMY_ENGINE_OPTIONS``
+    adopted, logging each one adopted.
+
+    An option is refused (:class:`SettingsError` naming both) only when it conflicts with a
+    value the user set: a ``POOLTENDER_*`` key present in ``set_by_user`` (app.config and
+    the environment) with another value, or any other value than ``settings``' when
+    ``set_by_user`` is None (an explicit ``settings=`` argument sets every field). A value
+    that cannot be used is refused by PoolSettings' own validation, under the option's name.
+    """
+    adopted: dict[str, Any] = {}
+    problems: list[SettingsProblem] = []
+    for name in _POOL_OPTIONS:
+        if name not in engine_options:
+            continue
+        value, current = engine_options[name], getattr(settings, name)
+        if value == current:
+            continue
+        key = settings.key(name)
+        if set_by_user is None:
+            why = f"clashes with settings=PoolSettings({name}={current!r}) passed to Pooltender"
+        elif key in set_by_user:
+            why = f"clashes with {key}={set_by_user[key]!r}"
+        else:
+            adopted[name] = value
+            continue
+        problems.append(
+            SettingsProblem(
+                f"SQLALCHEMY_ENGINE_OPTIONS[{name!r}]",
+                value,
+                f"{why}; set it in one place (remove one of them)",
+            )
+        )
+    if problems:
+        raise SettingsError(problems)
+    if not adopted:
+        return settings
+    try:
+        settings = settings.with_values(**adopted)
+    except SettingsError as exc:
+        raise SettingsError(
+            [
+                SettingsProblem(
+                    f"SQLALCHEMY_ENGINE_OPTIONS[{p.key.removeprefix(DEFAULT_PREFIX).lower()!r}]"
+                    if p.key.removeprefix(DEFAULT_PREFIX).lower() in adopted
+                    else p.key,
+                    p.value,
+                    p.message,
+                )
+                for p in exc.problems
+            ]
+        ) from None
+    for name, value in adopted.items():
+        log.info(
+            "adopted SQLALCHEMY_ENGINE_OPTIONS[%r]=%r as %s (not set otherwise)",
+            name,
+            value,
+            settings.key(name),
+        )
+    return settings
 
 
 def shape_from_config(config: Mapping[str, Any]) -> FleetShape | None:
@@ -147,10 +271,17 @@ class _State:
 class Pooltender:
     """The extension. ``Pooltender(app, db)`` or ``Pooltender()`` then ``init_app(app, db)``.
 
-    ``settings`` overrides the ``POOLTENDER_*`` config; ``shape`` the ``POOLTENDER_FLEET_*``
-    config. ``protect`` is called before the JSON endpoints and the dashboard answer (raise
-    or abort there to refuse, e.g. an admin check); ``/metrics`` is left to network policy,
-    as is the convention for Prometheus targets.
+    ``settings`` overrides the ``POOLTENDER_*`` pool keys of app.config and the environment;
+    ``shape`` the ``POOLTENDER_FLEET_*`` ones.
+
+    The pages (``/pooltender/stats``, ``/pooltender/health``, ``/metrics``, the dashboard)
+    show leak reports with source lines and who holds the server's connections, so they are
+    served only after an explicit choice: ``protect`` is called before each of them answers
+    (raise or abort there to refuse, e.g. an admin check), or ``public=True`` serves them to
+    anyone (behind a trusted network). Without either they are not registered and one warning
+    says why. A scraper can authenticate to ``/metrics`` with ``POOLTENDER_METRICS_TOKEN``
+    (``Authorization: Bearer <token>``), which serves ``/metrics`` even without ``protect``;
+    a request without the token then goes to ``protect`` (401 when there is none).
     """
 
     def __init__(
@@ -161,10 +292,14 @@ class Pooltender:
         settings: PoolSettings | None = None,
         shape: FleetShape | None = None,
         protect: Callable[[], None] | None = None,
+        public: bool = False,
     ) -> None:
+        if protect is not None and public:
+            raise TypeError("Pooltender(..., protect=..., public=True): give one of them")
         self._settings = settings
         self._shape = shape
         self._protect = protect
+        self._public = public
         if app is not None:
             if db is None:
                 raise TypeError("Pooltender(app, db): pass the Flask-SQLAlchemy object too")
@@ -184,12 +319,20 @@ class Pooltender:
                 "db.init_app(app) ran before Pooltender: its engines are built already, so the "
                 "pool settings cannot apply; call Pooltender(app, db) instead of db.init_app(app)"
             )
-        settings = self._settings or settings_from_config(app.config)
-        options = ExtensionSettings.from_mapping(app.config)
-        shape = self._shape or shape_from_config(app.config)
+        # precedence: settings= / shape= arguments, then app.config, then the environment,
+        # then the defaults; one strict parser (pooltender.settings) for every source
+        config = configured_keys(app.config)
+        settings = self._settings or settings_from_config(config)
+        settings = adopt_engine_options(
+            app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {},
+            settings,
+            set_by_user=None if self._settings is not None else config,
+        )
+        options = ExtensionSettings.from_mapping(config)
+        shape = self._shape or shape_from_config(config)
         mode = options.budget_mode(has_fleet_shape=shape is not None)
         # admission control (issue 10): validated before any engine is built
-        admission = settings_for_app(app.config, pool_cap=settings.per_process_cap)
+        admission = settings_for_app(config, pool_cap=settings.per_process_cap)
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = self._engine_options(app, settings)
         state = _State(settings=settings, options=options, db=db)
         app.extensions["pooltender"] = state
@@ -232,20 +375,7 @@ class Pooltender:
     def _engine_options(self, app: Flask, settings: PoolSettings) -> dict[str, Any]:
         uri = app.config.get("SQLALCHEMY_DATABASE_URI")
         options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
-        ours = settings.engine_options(uri)
-        clashes = [k for k in _POOL_OPTIONS if k in options and k in ours and options[k] != ours[k]]
-        if clashes:
-            raise SettingsError(
-                [
-                    SettingsProblem(
-                        f"SQLALCHEMY_ENGINE_OPTIONS[{k!r}]",
-                        options[k],
-                        f"clashes with {settings.key(k)}={ours[k]!r}; set pool options only "
-                        "through POOLTENDER_* keys",
-                    )
-                    for k in clashes
-                ]
-            )
+        ours = settings.engine_options(uri)  # the user's pool options were adopted above
         # Driver timeouts (pooltender.settings) under the app's own connect_args, which win.
         ours["connect_args"] = {**ours.get("connect_args", {}), **options.get("connect_args", {})}
         options.update(ours)
@@ -256,6 +386,8 @@ class Pooltender:
     def _watch(self, engine: Engine, settings: PoolSettings) -> PoolWatch:
         register_engine(engine)
         watch = install_watch(engine, leak_threshold=settings.leak_threshold)
+        if is_transaction_pooling(settings.proxy):  # nothing may outlive a transaction
+            install_session_state_guard(engine)
         if settings.pool_pre_ping and settings.ping_after_idle > 0:
             install_idle_ping(engine, settings.ping_after_idle)
         return watch
@@ -333,32 +465,97 @@ class Pooltender:
     # ------------------------------------------------------------------ endpoints
 
     def _add_routes(self, app: Flask, state: _State) -> None:
+        """Register the pages that are guarded: all of them with ``protect`` or
+        ``public=True``; without either, only ``/metrics`` when a metrics token is set, and
+        one warning lists the pages left out and why."""
         options = state.options
+        guarded = self._protect is not None or self._public
+        left_out: list[str] = []
         prefix = options.path("endpoints")
         if prefix is not None:
-            app.add_url_rule(f"{prefix}/stats", "pooltender_stats", self._stats_view)
-            app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
+            if guarded:
+                app.add_url_rule(f"{prefix}/stats", "pooltender_stats", self._stats_view)
+                app.add_url_rule(f"{prefix}/health", "pooltender_health", self._health_view)
+            else:
+                left_out += [f"{prefix}/stats", f"{prefix}/health"]
         metrics_path = options.path("metrics_path")
         if metrics_path is not None:
-            if multiprocess_enabled():
-                state.mirror = MultiprocessMirror(state.stats, state.extra)
-            app.add_url_rule(metrics_path, "pooltender_metrics", self._metrics_view)
+            if guarded or options.metrics_token:
+                self._add_metrics(app, state, metrics_path)
+            else:
+                left_out.append(metrics_path)
         dashboard_path = options.path("dashboard_path")
         if options.dashboard and dashboard_path is not None:
-            from pooltender.dashboard import inspection_snapshots, register_dashboard
+            if not guarded:
+                left_out.append(f"{dashboard_path}/")
+            else:
+                from pooltender.dashboard import inspection_snapshots, register_dashboard
 
-            register_dashboard(
-                app,
-                path=dashboard_path,
-                pool_stats=state.stats,
-                snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
-                protect=self._protect,
-                admission=lambda: admission_json(admission_of(app)),  # issue 10
+                register_dashboard(
+                    app,
+                    path=dashboard_path,
+                    pool_stats=state.stats,
+                    snapshot=inspection_snapshots(lambda: state.db.engine, ttl=1.0),
+                    protect=self._protect,
+                    admission=lambda: admission_json(admission_of(app)),  # issue 10
+                )
+        if left_out:
+            log.warning(
+                "pooltender pages not served: %s. They show leak reports with source files and "
+                "lines, pool figures and who holds the server's connections, so they need an "
+                "explicit choice: Pooltender(app, db, protect=<callable that refuses "
+                "outsiders>) or Pooltender(app, db, public=True) behind a trusted network; "
+                "POOLTENDER_METRICS_TOKEN serves %s to a scraper sending that bearer token",
+                ", ".join(left_out),
+                metrics_path or "/metrics",
             )
+
+    def _add_metrics(self, app: Flask, state: _State, path: str) -> None:
+        try:  # the `prometheus` extra; `pip install 'pooltender[flask]'` alone must work
+            from pooltender.metrics import MultiprocessMirror, multiprocess_enabled
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "prometheus_client":
+                raise
+            log.warning(
+                "%s not served: prometheus-client is not installed; "
+                "pip install 'pooltender[prometheus]' (or set POOLTENDER_METRICS_PATH=off)",
+                path,
+            )
+            return
+        if multiprocess_enabled():
+            state.mirror = MultiprocessMirror(state.stats, state.extra)
+        app.add_url_rule(path, "pooltender_metrics", self._metrics_view)
 
     def _guard(self) -> None:
         if self._protect is not None:
             self._protect()
+
+    def _metrics_guard(self) -> None:
+        """The scraper's bearer token when one is set (constant-time comparison), else the
+        ``protect`` callable; without either a token is required (401)."""
+        token = self._state().options.metrics_token
+        if not token:
+            self._guard()
+            return
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return
+        if self._protect is not None:
+            self._protect()
+            return
+        response = jsonify(
+            {
+                "error": {
+                    "code": "unauthorized",
+                    "message": "send the metrics token: Authorization: Bearer <token>",
+                }
+            }
+        )
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        abort(response)
 
     def _stats_view(self) -> Response:
         self._guard()
@@ -399,7 +596,10 @@ class Pooltender:
         return jsonify({"status": status, "engines": engines}), 200 if healthy else 503
 
     def _metrics_view(self) -> Response:
+        self._metrics_guard()
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from pooltender.metrics import PoolCollector
 
         state = self._state()
         registry = CollectorRegistry()

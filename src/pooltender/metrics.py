@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
@@ -59,7 +59,14 @@ from prometheus_client.registry import Collector
 
 from pooltender.stats import HistogramSnapshot, PoolStats
 
-__all__ = ["MultiprocessMirror", "PoolCollector", "multiprocess_enabled"]
+__all__ = [
+    "MultiprocessMirror",
+    "PoolCollector",
+    "ThrottledMirror",
+    "multiprocess_enabled",
+    "observe_new_buckets",
+    "prometheus_buckets",
+]
 
 #: (metric name without prefix, PoolStats attribute, help)
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -103,13 +110,54 @@ def _gauges(stats: PoolStats) -> Iterator[tuple[str, str, dict[str, str], float]
     )
 
 
-def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
-    cumulative = [(repr(float(bound)), float(count)) for bound, count in snapshot.cumulative()]
-    if not cumulative or cumulative[-1][0] != "inf":
-        cumulative.append(("+Inf", float(snapshot.count)))
-    else:
-        cumulative[-1] = ("+Inf", cumulative[-1][1])
-    return cumulative
+def prometheus_buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
+    """``snapshot``'s cumulative ``(le, count)`` buckets as a ``HistogramMetricFamily`` takes
+    them, the last one ``+Inf`` (shared with :mod:`pooltender.admission.metrics`)."""
+    pairs = [(repr(float(le)), float(n)) for le, n in snapshot.cumulative()[:-1]]
+    pairs.append(("+Inf", float(snapshot.count)))
+    return pairs
+
+
+def observe_new_buckets(
+    metric: Histogram, hist: HistogramSnapshot, before: Sequence[int] | None
+) -> tuple[int, ...]:
+    """Observe on ``metric`` what ``hist`` counted since the per-bucket counts ``before``
+    (None: nothing yet), each at its bucket's upper bound (twice the top bound for +Inf), so
+    a mirrored ``_sum`` is an upper estimate; returns the counts to pass as ``before`` next."""
+    bounds = hist.bounds
+    prior = (0,) * len(hist.counts) if before is None else before
+    for index, (count, seen) in enumerate(zip(hist.counts, prior, strict=True)):
+        value = bounds[index] if index < len(bounds) else bounds[-1] * 2
+        for _ in range(count - seen):
+            metric.observe(value)
+    return tuple(hist.counts)
+
+
+class ThrottledMirror:
+    """The sync discipline of a multiprocess mirror: :meth:`sync` copies (:meth:`_copy`)
+    when forced (before a scrape, waiting for another thread's copy) or at most once per
+    ``min_interval`` seconds (after requests, never waiting)."""
+
+    def __init__(self, min_interval: float) -> None:
+        self._min_interval = min_interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def sync(self, *, force: bool = False) -> None:
+        """Bring the metric objects up to date with this process's figures."""
+        now = time.monotonic()
+        if not force and now - self._last < self._min_interval:
+            return
+        if not self._lock.acquire(blocking=force):
+            return
+        try:
+            self._last = now
+            self._copy()
+        finally:
+            self._lock.release()
+
+    def _copy(self) -> None:  # pragma: no cover - each mirror defines it
+        raise NotImplementedError
 
 
 class PoolCollector(Collector):
@@ -142,7 +190,7 @@ class PoolCollector(Collector):
             histogram = HistogramMetricFamily(f"pooltender_{name}", help_text, labels=["engine"])
             for engine, stats in snapshot.items():
                 hist: HistogramSnapshot = getattr(stats, attr)
-                histogram.add_metric([engine], _buckets(hist), sum_value=hist.sum)
+                histogram.add_metric([engine], prometheus_buckets(hist), sum_value=hist.sum)
             yield histogram
         if self._extra is not None:
             for name, value in self._extra().items():
@@ -151,7 +199,7 @@ class PoolCollector(Collector):
                 yield counter
 
 
-class MultiprocessMirror:
+class MultiprocessMirror(ThrottledMirror):
     """Copies this process's figures into multiprocess-mode metric objects.
 
     Call :meth:`sync` before serving a scrape and (cheaply throttled) after requests.
@@ -165,13 +213,11 @@ class MultiprocessMirror:
         registry: CollectorRegistry | None = None,
         min_interval: float = 1.0,
     ) -> None:
+        super().__init__(min_interval)
         self._source = source
         self._extra = extra
-        self._min_interval = min_interval
-        self._last = 0.0
-        self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], float] = {}
-        self._seen_buckets: dict[tuple[str, str], list[int]] = {}
+        self._seen_buckets: dict[tuple[str, str], tuple[int, ...]] = {}
         self._gauges: dict[str, Gauge] = {}
         self._gauge_labels: dict[str, tuple[str, ...]] = {}
         self._counters = {
@@ -207,32 +253,22 @@ class MultiprocessMirror:
             )
         return histogram
 
-    def sync(self, *, force: bool = False) -> None:
-        """Bring the metric objects up to date with this process's watches."""
-        now = time.monotonic()
-        if not force and now - self._last < self._min_interval:
-            return
-        if not self._lock.acquire(blocking=force):
-            return
-        try:
-            self._last = now
-            for engine, stats in self._source().items():
-                self._sync_engine(engine, stats)
-            if self._extra is not None:
-                for name, value in self._extra().items():
-                    counter = self._extra_counters.get(name)
-                    if counter is None:
-                        counter = self._extra_counters[name] = Counter(
-                            f"pooltender_{name}",
-                            name.replace("_", " ") + ".",
-                            registry=self._registry,
-                        )
-                    delta = value - self._seen.get(("", name), 0.0)
-                    if delta > 0:
-                        counter.inc(delta)
-                    self._seen[("", name)] = value
-        finally:
-            self._lock.release()
+    def _copy(self) -> None:
+        for engine, stats in self._source().items():
+            self._sync_engine(engine, stats)
+        if self._extra is not None:
+            for name, value in self._extra().items():
+                counter = self._extra_counters.get(name)
+                if counter is None:
+                    counter = self._extra_counters[name] = Counter(
+                        f"pooltender_{name}",
+                        name.replace("_", " ") + ".",
+                        registry=self._registry,
+                    )
+                delta = value - self._seen.get(("", name), 0.0)
+                if delta > 0:
+                    counter.inc(delta)
+                self._seen[("", name)] = value
 
     def _sync_engine(self, engine: str, stats: PoolStats) -> None:
         for name, help_text, labels, value in _gauges(stats):
@@ -247,9 +283,5 @@ class MultiprocessMirror:
             hist: HistogramSnapshot = getattr(stats, attr)
             bounds = tuple(float(b) for b in hist.bounds)
             metric = self._histogram(name, help_text, bounds).labels(engine)
-            previous = self._seen_buckets.get((engine, name), [0] * len(hist.counts))
-            for index, (count, before) in enumerate(zip(hist.counts, previous, strict=True)):
-                value = bounds[index] if index < len(bounds) else bounds[-1] * 2
-                for _ in range(count - before):
-                    metric.observe(value)
-            self._seen_buckets[(engine, name)] = list(hist.counts)
+            key = (engine, name)
+            self._seen_buckets[key] = observe_new_buckets(metric, hist, self._seen_buckets.get(key))

@@ -140,37 +140,23 @@ class PoolMetrics:
         meter = provider.get_meter("pooltender", schema_url=SCHEMA_URL)  # the instrumentation scope
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
-        meter.create_observable_up_down_counter(
-            "db.client.connection.count",
-            callbacks=[self._count],
-            unit="{connection}",
-            description="The number of connections that are currently in state described by "
-            "the `state` attribute.",
-        )
-        meter.create_observable_up_down_counter(
-            "db.client.connection.idle.max",
-            callbacks=[self._idle_max],
-            unit="{connection}",
-            description="The maximum number of idle open connections allowed.",
-        )
-        meter.create_observable_up_down_counter(
-            "db.client.connection.idle.min",
-            callbacks=[self._idle_min],
-            unit="{connection}",
-            description="The minimum number of idle open connections allowed.",
-        )
-        meter.create_observable_up_down_counter(
-            "db.client.connection.max",
-            callbacks=[self._max],
-            unit="{connection}",
-            description="The maximum number of open connections allowed.",
-        )
-        meter.create_observable_up_down_counter(
-            "db.client.connection.pending_requests",
-            callbacks=[self._pending],
-            unit="{request}",
-            description="The number of current pending requests for an open connection.",
-        )
+        for name, callback, unit, description in (
+            ("count", self._count, "{connection}", "The number of connections that are "
+             "currently in state described by the `state` attribute."),
+            ("idle.max", self._idle_max, "{connection}",
+             "The maximum number of idle open connections allowed."),
+            ("idle.min", self._idle_min, "{connection}",
+             "The minimum number of idle open connections allowed."),
+            ("max", self._max, "{connection}", "The maximum number of open connections allowed."),
+            ("pending_requests", self._pending, "{request}",
+             "The number of current pending requests for an open connection."),
+        ):  # fmt: skip
+            meter.create_observable_up_down_counter(
+                f"db.client.connection.{name}",
+                callbacks=[callback],
+                unit=unit,
+                description=description,
+            )
         meter.create_observable_counter(
             "db.client.connection.timeouts",
             callbacks=[self._timeouts],

@@ -63,6 +63,7 @@ __all__ = [
     "ProxyKind",
     "SessionStateError",
     "install_session_state_guard",
+    "is_transaction_pooling",
     "proxy_engine_options",
     "read_pgbouncer_pools",
     "session_state_statement",
@@ -156,20 +157,23 @@ def session_state_statement(statement: str) -> str | None:
     return _WHY[match.lastgroup]
 
 
+def _refuse_session_state(
+    _conn: Any, _cursor: Any, statement: str, _params: Any, _ctx: Any, _many: bool
+) -> None:
+    why = session_state_statement(statement)
+    if why is not None:
+        raise SessionStateError(statement, why)
+
+
 def install_session_state_guard(engine: Engine) -> None:
     """Refuse statements that create session state on ``engine`` (raise
     :class:`SessionStateError` before they are sent). Install it on engines that reach the
-    server through a transaction-pooling proxy."""
+    server through a transaction-pooling proxy; the Flask extension does when
+    ``POOLTENDER_PROXY=pgbouncer-transaction``. Installing it twice is one guard."""
     from sqlalchemy import event
 
-    def check(
-        _conn: Any, _cursor: Any, statement: str, _params: Any, _ctx: Any, _many: bool
-    ) -> None:
-        why = session_state_statement(statement)
-        if why is not None:
-            raise SessionStateError(statement, why)
-
-    event.listen(engine, "before_cursor_execute", check)
+    if not event.contains(engine, "before_cursor_execute", _refuse_session_state):
+        event.listen(engine, "before_cursor_execute", _refuse_session_state)
 
 
 # ------------------------------------------------------------------------ SHOW POOLS

@@ -357,6 +357,40 @@ def _hold_samples(holds: Sequence[float]) -> list[float]:
     return list(holds)
 
 
+class _FifoPool:
+    """The pool both simulations share: ``servers`` connections handed out first come, first
+    served, each checkout taking the earliest-free connection (the Kiefer-Wolfowitz
+    recursion) for a hold drawn from ``holds``; the first ``warmup`` checkouts' waits are
+    discarded."""
+
+    def __init__(
+        self, servers: int, holds: Sequence[float], rng: random.Random, warmup: int
+    ) -> None:
+        self._free_at = [0.0] * servers  # heap of the times each connection comes back
+        self._holds = holds
+        self._rng = rng
+        self._warmup = warmup
+        self._served = 0
+        self._started = 0.0
+        self._waits: list[float] = []
+
+    def serve(self, now: float) -> float:
+        """A checkout arriving at ``now``; returns when its connection comes back."""
+        start = max(now, heapq.heappop(self._free_at))
+        done = start + self._rng.choice(self._holds)
+        heapq.heappush(self._free_at, done)
+        if self._served == self._warmup:
+            self._started = now
+        if self._served >= self._warmup:
+            self._waits.append(start - now)
+        self._served += 1
+        return done
+
+    def result(self, now: float) -> SimulatedWaits:
+        """The recorded waits, sorted, over the time since the warm-up ended."""
+        return SimulatedWaits(tuple(sorted(self._waits)), now - self._started)
+
+
 def simulate_open(
     arrival_rate: float,
     holds: Sequence[float],
@@ -372,21 +406,12 @@ def simulate_open(
     _check_positive("arrival_rate", arrival_rate)
     _check_servers(servers)
     rng = random.Random(seed)
-    sample = _hold_samples(holds)
-    free_at = [0.0] * servers  # heap of the times each connection comes back
-    now, waits = 0.0, []
-    started = 0.0
-    for i in range(warmup + checkouts):
+    pool = _FifoPool(servers, _hold_samples(holds), rng, warmup)
+    now = 0.0
+    for _ in range(warmup + checkouts):
         now += rng.expovariate(arrival_rate)
-        earliest = heapq.heappop(free_at)
-        start = max(now, earliest)
-        heapq.heappush(free_at, start + rng.choice(sample))
-        if i == warmup:
-            started = now
-        if i >= warmup:
-            waits.append(start - now)
-    waits.sort()
-    return SimulatedWaits(tuple(waits), now - started)
+        pool.serve(now)
+    return pool.result(now)
 
 
 def simulate_closed(
@@ -415,19 +440,9 @@ def simulate_closed(
 
     arrivals = [(think(), n) for n in range(clients)]
     heapq.heapify(arrivals)
-    free_at = [0.0] * servers
-    waits: list[float] = []
-    started = now = 0.0
-    for i in range(warmup + checkouts):
+    pool = _FifoPool(servers, sample, rng, warmup)
+    now = 0.0
+    for _ in range(warmup + checkouts):
         now, client = heapq.heappop(arrivals)
-        earliest = heapq.heappop(free_at)
-        start = max(now, earliest)
-        done = start + rng.choice(sample)
-        heapq.heappush(free_at, done)
-        heapq.heappush(arrivals, (done + think(), client))
-        if i == warmup:
-            started = now
-        if i >= warmup:
-            waits.append(start - now)
-    waits.sort()
-    return SimulatedWaits(tuple(waits), now - started)
+        heapq.heappush(arrivals, (pool.serve(now) + think(), client))
+    return pool.result(now)

@@ -41,6 +41,7 @@ from typing import (
 )
 
 from pooltender.proxy import ProxyKind, proxy_engine_options
+from pooltender.text import MASK
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -550,6 +551,13 @@ class ExtensionSettings:
     ``dashboard``: serve the live dashboard; off by default (it shows who holds the
     server's connections, so an app opts in, behind its ``protect`` callable).
 
+    ``metrics_token``: a bearer token a scraper sends to ``metrics_path``
+    (``Authorization: Bearer <token>``, compared in constant time); unset by default. When
+    set, ``/metrics`` is served to that token (or to whoever passes the ``protect``
+    callable) even without ``protect`` or ``public=True``, and ``public=True`` no longer
+    opens it. At least 16 characters (e.g. ``python -c 'import secrets;
+    print(secrets.token_urlsafe(32))'``); never logged, never in a repr or a message.
+
     ``budget_check``: what the start-up budget check does when the fleet does not fit:
     ``fail`` refuses to start, ``warn`` logs, ``off`` skips it; ``auto`` (the default) is
     ``warn`` when a fleet shape is configured and ``off`` otherwise (nothing to check).
@@ -562,14 +570,38 @@ class ExtensionSettings:
     dashboard: bool = False
     dashboard_path: str = "/pooltender/dashboard"
     budget_check: BudgetCheck = "auto"
+    metrics_token: str = field(default="", repr=False)
+
+    #: Fields whose value is a secret: shown as ``***`` in a problem.
+    SECRETS: ClassVar[frozenset[str]] = frozenset({"metrics_token"})
+    #: The shortest metrics token accepted (16 characters, ~96 bits as token_urlsafe).
+    MIN_TOKEN_LENGTH: ClassVar[int] = 16
 
     def __post_init__(self) -> None:
         problems: list[SettingsProblem] = []
         for name, kind in get_type_hints(type(self)).items():
+            if get_origin(kind) is ClassVar:
+                continue
             value = getattr(self, name)
             why = _problem_with_type(kind, value)
             if why is not None:
-                problems.append(SettingsProblem(_key(name), value, why))
+                shown = MASK if name in self.SECRETS else value
+                problems.append(SettingsProblem(_key(name), shown, why))
+        if (
+            not problems
+            and self.metrics_token
+            and (
+                len(self.metrics_token) < self.MIN_TOKEN_LENGTH or self.metrics_token.strip() == ""
+            )
+        ):
+            problems.append(
+                SettingsProblem(
+                    _key("metrics_token"),
+                    MASK,
+                    f"must be at least {self.MIN_TOKEN_LENGTH} characters (e.g. "
+                    "secrets.token_urlsafe(32))",
+                )
+            )
         if not problems:
             if self.retry_after < 1:
                 problems.append(

@@ -77,7 +77,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack, cast
 
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool, QueuePool
@@ -823,23 +823,33 @@ _WATCHES: weakref.WeakKeyDictionary[Engine, PoolWatch] = weakref.WeakKeyDictiona
 _REGISTRY_LOCK = threading.Lock()
 
 
+class WatchOptions(TypedDict, total=False):
+    """The options fixed when a watch is built (:class:`PoolWatch`'s, passed through by
+    :func:`install_watch`).
+
+    ``report_second_checkouts``: log and count an owner's second concurrent checkout (True).
+    ``owner``: who a checkout belongs to (default :func:`pooltender.units.current_owner`: the
+    unit of work, else the asyncio task, else the thread).
+    ``max_reports``: how many of each kind of report are kept, oldest dropped (100).
+    """
+
+    report_second_checkouts: bool
+    owner: Callable[[], Hashable]
+    max_reports: int
+
+
 def install_watch(
     engine: Engine,
     *,
     leak_threshold: float = 0.0,
     capture_stacks: bool = False,
-    report_second_checkouts: bool = True,
-    owner: Callable[[], Hashable] = current_owner,
-    max_reports: int = 100,
+    **options: Unpack[WatchOptions],
 ) -> PoolWatch:
     """Install the watch on ``engine`` (idempotent) and return it.
 
     ``leak_threshold``: seconds a checkout may last before it is reported (0 = off).
     ``capture_stacks``: keep each checkout's stack even without a threshold.
-    ``report_second_checkouts``: log and count an owner's second concurrent checkout.
-    ``owner``: who a checkout belongs to (default :func:`pooltender.units.current_owner`: the
-    unit of work, else the asyncio task, else the thread).
-    ``max_reports``: how many of each kind of report are kept (oldest dropped).
+    ``options``: :class:`WatchOptions` (second-checkout reports, the owner, report limits).
 
     A second call on the same engine returns the existing watch. A non-zero
     ``leak_threshold`` or ``capture_stacks=True`` it asks for is applied to that watch with
@@ -849,12 +859,7 @@ def install_watch(
         watch = _WATCHES.get(engine)
         if watch is None:
             watch = PoolWatch(
-                engine,
-                leak_threshold=leak_threshold,
-                capture_stacks=capture_stacks,
-                report_second_checkouts=report_second_checkouts,
-                owner=owner,
-                max_reports=max_reports,
+                engine, leak_threshold=leak_threshold, capture_stacks=capture_stacks, **options
             )
             watch._attach(engine)
             _WATCHES[engine] = watch

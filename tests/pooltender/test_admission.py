@@ -272,7 +272,7 @@ def make_app(url: str, gate: Gate, **config: Any) -> tuple[Flask, SQLAlchemy]:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.update(POOLTENDER_RETRY_AFTER=2, **config)
-    Pooltender(app, db)
+    Pooltender(app, db, public=True)
 
     @app.get("/hold")
     def hold() -> dict[str, int]:

@@ -122,6 +122,6 @@ def test_the_extension_refuses_bad_admission_settings_before_building_engines() 
     app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", POOLTENDER_ADMISSION_LIMIT="adaptive")
     db = SQLAlchemy()
     with pytest.raises(SettingsError, match="POOLTENDER_ADMISSION_LIMIT"):
-        Pooltender(app, db)
+        Pooltender(app, db, public=True)
     assert "sqlalchemy" not in app.extensions  # nothing was built
     assert "pooltender" not in app.extensions

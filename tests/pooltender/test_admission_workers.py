@@ -107,8 +107,14 @@ def test_gevent_greenlets_queue_cooperatively_and_standing_queues_shed() -> None
     assert result["in_flight_after"] == 0
 
 
-def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - local test server
+#: The scraper's bearer token (POOLTENDER_METRICS_TOKEN): /metrics goes through the guard.
+METRICS_TOKEN = "a-scraper-token-for-this-test-only"
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    wanted = urllib.request.Request(url, headers=headers)  # noqa: S310 - local test server
+    with urllib.request.urlopen(wanted, timeout=10) as response:  # noqa: S310
         return response.status, response.read().decode()
 
 
@@ -130,6 +136,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # admission settings reach the workers through the environment, as in production
     env.update(POOLTENDER_ADMISSION_LIMIT="fixed", POOLTENDER_ADMISSION_INITIAL="3")
+    env["POOLTENDER_METRICS_TOKEN"] = METRICS_TOKEN
     with log.open("w") as out:
         process = subprocess.Popen(
             [
@@ -179,7 +186,7 @@ def test_coupons_serve_admits_requests_under_each_worker_class(
     status, body = _get(f"{base}/openapi.json")  # not exempt: through the limiter
     assert status == 200
     assert json.loads(body)["info"]["title"] == "Coupons"
-    status, metrics = _get(f"{base}/metrics")  # exempt
+    status, metrics = _get(f"{base}/metrics", METRICS_TOKEN)  # exempt from admission
     assert status == 200
     admitted = [
         float(line.split()[-1])

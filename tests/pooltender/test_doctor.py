@@ -261,3 +261,27 @@ def test_doctor_before_and_after(private: PrivateMariaDB) -> None:
     finally:
         for engine in after:
             engine.dispose()
+
+
+def test_a_fleet_that_fits_is_never_told_to_lower_max_connections() -> None:
+    """A budget that fits but clashes with the server (pool_recycle=-1 against MariaDB's
+    wait_timeout) is a finding; its remedy names the setting and carries no SQL, because the
+    SQL would set max_connections to the fleet's small need, below the server's (issue 13)."""
+    from tests.pooltender.test_server import admin_url
+
+    report = doctor(
+        admin_url("mariadb"),
+        fleet=FleetShape(processes_per_host=1, worker_model=WorkerModel.THREADS, concurrency=4),
+        settings=PoolSettings(pool_size=4, max_overflow=2, pool_recycle=-1),
+        users=["nobody"],
+        env={},
+    )
+    assert report.budget is not None
+    assert report.budget.fits
+    assert report.budget.max_connections is not None
+    assert report.budget.required_max_connections < report.budget.max_connections
+    finding = report.finding("budget")
+    assert finding is not None
+    remedy = "\n".join(finding.remedy)
+    assert "POOLTENDER_POOL_RECYCLE" in remedy
+    assert "max_connections =" not in remedy, remedy

@@ -45,7 +45,7 @@ def make_app(url: str, **config: Any) -> tuple[Flask, SQLAlchemy]:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.update(config)
-    Pooltender(app, db)
+    Pooltender(app, db, public=True)
 
     @app.get("/query")
     def query() -> dict[str, int]:
@@ -254,8 +254,8 @@ def test_misconfiguration_is_refused_with_a_message_naming_the_fix(tmp_path: Any
     url = f"sqlite:///{tmp_path / 'x.db'}"
     with pytest.raises(SettingsError, match="POOLTENDER_POOL_SIZ"):
         make_app(url, POOLTENDER_POOL_SIZ=3)
-    with pytest.raises(SettingsError, match="clashes with POOLTENDER_POOL_SIZE"):
-        make_app(url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 50})
+    with pytest.raises(SettingsError, match="clashes with POOLTENDER_POOL_SIZE=3"):
+        make_app(url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 50}, POOLTENDER_POOL_SIZE=3)
     db = SQLAlchemy()
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
@@ -267,3 +267,14 @@ def test_misconfiguration_is_refused_with_a_message_naming_the_fix(tmp_path: Any
     extension = Pooltender(app2, SQLAlchemy())
     with pytest.raises(RuntimeError, match="already registered"):
         extension.init_app(app2, SQLAlchemy())
+
+
+def test_the_module_docstring_names_every_fleet_key_and_the_proxy() -> None:
+    """The docstring is where an adopter reads the config keys: each fleet key (the proxy's
+    included) and POOLTENDER_PROXY are named there."""
+    import pooltender.flask
+    from pooltender.budget import fleet_config_keys
+
+    doc = pooltender.flask.__doc__ or ""
+    missing = [k for k in [*fleet_config_keys(), "POOLTENDER_PROXY"] if f"``{k}``" not in doc]
+    assert not missing, missing

@@ -44,7 +44,7 @@ def test_a_leak_is_reported_once_and_never_blamed_on_later_requests_of_the_same_
     app.config.update(
         SQLALCHEMY_DATABASE_URI=server_url, POOLTENDER_POOL_SIZE=3, POOLTENDER_MAX_OVERFLOW=1
     )
-    Pooltender(app, db)
+    Pooltender(app, db, public=True)
     kept: list[Any] = []
 
     @app.get("/leaky")

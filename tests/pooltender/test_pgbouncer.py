@@ -78,8 +78,7 @@ def test_psycopg_defaults_break_behind_transaction_pooling(bouncer: PgBouncer) -
 
 def test_proxy_setting_turns_prepared_statements_off(bouncer: PgBouncer) -> None:
     options = PROXY.engine_options(bouncer.url())
-    # prepared statements off, beside the driver's connect timeout (pooltender.settings)
-    assert options["connect_args"] == {"prepare_threshold": None, "connect_timeout": 10}
+    assert options["connect_args"]["prepare_threshold"] is None  # beside the driver timeouts
     engine = create_engine(bouncer.url(), **options)
     try:
         two_clients_repeat_a_query(engine)  # no DuplicatePreparedStatement
@@ -90,12 +89,10 @@ def test_proxy_setting_turns_prepared_statements_off(bouncer: PgBouncer) -> None
 def test_proxy_setting_from_the_environment() -> None:
     settings = PoolSettings.from_env({"POOLTENDER_PROXY": "PgBouncer-Transaction"})
     assert settings.proxy == "pgbouncer-transaction"
-    # the proxy adds nothing to a MySQL URL, nor to PostgreSQL without the proxy: only the
-    # driver timeouts stay
-    mysql = settings.engine_options("mysql+mysqldb://u@h/db")["connect_args"]
-    assert mysql == {"connect_timeout": 10, "read_timeout": 10, "write_timeout": 10}
-    plain = PoolSettings().engine_options("postgresql+psycopg://u@h/db")["connect_args"]
-    assert plain == {"connect_timeout": 10}
+    mysql = settings.engine_options("mysql+mysqldb://u@h/db").get("connect_args", {})
+    assert "prepare_threshold" not in mysql  # only psycopg behind PgBouncer needs it
+    direct = PoolSettings().engine_options("postgresql+psycopg://u@h/db").get("connect_args", {})
+    assert "prepare_threshold" not in direct
     with pytest.raises(ValueError, match="POOLTENDER_PROXY='pgbouncer': must be one of none"):
         PoolSettings.from_env({"POOLTENDER_PROXY": "pgbouncer"})
 
@@ -243,3 +240,171 @@ def test_missing_pgbouncer_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(servers_module, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="pgbouncer is not available"):
         PgBouncer("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def test_the_flask_extension_guards_each_engine_behind_transaction_pooling(
+    bouncer: PgBouncer,
+) -> None:
+    """``POOLTENDER_PROXY=pgbouncer-transaction`` in the Flask extension: every engine (the
+    default bind and a second one) refuses session state before PgBouncer sees it; without
+    the setting the same statement runs."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from pooltender.flask import Pooltender
+
+    def app_with(proxy: str) -> tuple[Flask, SQLAlchemy]:
+        app = Flask(__name__)
+        app.config.update(
+            SQLALCHEMY_DATABASE_URI=bouncer.url(),
+            SQLALCHEMY_BINDS={"reports": bouncer.url()},
+            POOLTENDER_PROXY=proxy,
+            POOLTENDER_POOL_SIZE=2,
+            POOLTENDER_MAX_OVERFLOW=0,
+        )
+        db = SQLAlchemy()
+        Pooltender(app, db, protect=lambda: None)
+        return app, db
+
+    app, db = app_with("pgbouncer-transaction")
+    try:
+        with app.app_context():
+            assert len(db.engines) == 2
+            for engine in db.engines.values():
+                with engine.connect() as conn:
+                    with pytest.raises(SessionStateError, match="use SET LOCAL"):
+                        conn.execute(text("SET statement_timeout = 1000"))
+                    conn.rollback()
+                    conn.execute(text("SET LOCAL statement_timeout = 1000"))  # allowed
+                    conn.rollback()
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+    app, db = app_with("none")
+    try:
+        with app.app_context(), db.engine.connect() as conn:
+            conn.execute(text("SET statement_timeout = 1000"))  # the guard is not installed
+            conn.rollback()
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+def test_the_guard_installed_twice_is_one_guard(bouncer: PgBouncer) -> None:
+    from sqlalchemy import event
+
+    from pooltender.proxy import _refuse_session_state
+
+    engine = create_engine(bouncer.url(), **PROXY.engine_options(bouncer.url()))
+    try:
+        install_session_state_guard(engine)
+        install_session_state_guard(engine)
+        assert event.contains(engine, "before_cursor_execute", _refuse_session_state)
+        event.remove(engine, "before_cursor_execute", _refuse_session_state)
+        assert not event.contains(engine, "before_cursor_execute", _refuse_session_state)
+    finally:
+        engine.dispose()
+
+
+def test_doctor_lines_up_pgbouncer_pools_with_the_server(database: str) -> None:
+    """``pooltender doctor --pgbouncer``: 6 client connections through a PgBouncer with 2
+    server connections, plus 1 connection straight to the server. Doctor's PgBouncer table
+    has the pool's 6 clients, its server connections and the server's backends (one more
+    than PgBouncer's: the bypass), and the fleet's client connections beside them; a client
+    queued in PgBouncer is a ``proxy-waiting`` finding."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pooltender.cli import main
+
+    name = make_url(database).database
+    with PgBouncer(database, default_pool_size=2) as bouncer:
+        prepared_off = PROXY.engine_options(bouncer.url())["connect_args"]
+        through = create_engine(bouncer.url(), poolclass=NullPool, connect_args=prepared_off)
+        direct = create_engine(database, poolclass=NullPool)
+        clients = [through.connect() for _ in range(6)]
+        bypass = direct.connect()
+        holders: list[threading.Thread] = []
+        try:
+            for conn in clients:
+                conn.execute(text("SELECT 1"))
+                conn.commit()
+            bypass.execute(text("SELECT 1"))
+            # two clients hold both server connections in open transactions; a third waits
+            for conn in clients[:2]:
+                conn.execute(text("SELECT 1"))  # the transaction stays open
+            waiter = threading.Thread(target=lambda: clients[2].execute(text("SELECT 2")))
+            waiter.start()
+            holders.append(waiter)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                pools = [p for p in read_pgbouncer_pools(bouncer.admin_dsn) if p.database == name]
+                if pools and pools[0].cl_waiting:
+                    break
+                time.sleep(0.05)
+            result = CliRunner().invoke(
+                main,
+                [
+                    "doctor",
+                    postgres_url(),
+                    "--json",
+                    "--pgbouncer",
+                    bouncer.admin_dsn,
+                    "--processes",
+                    "3",
+                    "--worker-model",
+                    "threads",
+                    "--concurrency",
+                    "2",
+                    "--pool-size",
+                    "2",
+                    "--max-overflow",
+                    "0",
+                ],
+            )
+            text_result = CliRunner().invoke(
+                main, ["doctor", postgres_url(), "--pgbouncer", bouncer.admin_dsn]
+            )
+        finally:
+            for conn in clients[:2]:
+                conn.rollback()
+            for t in holders:
+                t.join(timeout=30)
+            for conn in [*clients, bypass]:
+                conn.close()
+            through.dispose()
+            direct.dispose()
+    assert result.exit_code in (0, 1), result.output
+    data = json.loads(result.output)
+    (line,) = (p for p in data["pgbouncer"] if p["database"] == name)
+    assert line["pool_mode"] == "transaction"
+    assert line["proxy_clients"] == 6
+    assert line["cl_waiting"] >= 1
+    assert line["sv_active"] == 2
+    assert line["proxy_servers"] == 2
+    assert line["server_backends"] == 3  # PgBouncer's 2 + the direct connection
+    assert line["bypassing"] == 1
+    assert line["app_client_connections"] == 6  # 3 processes x pool of 2
+    codes = {f["code"] for f in data["findings"]}
+    assert {"proxy-waiting", "proxy-bypass"} <= codes
+    assert text_result.exit_code in (0, 1), text_result.output
+    assert "PgBouncer (SHOW POOLS) and the server" in text_result.output
+    assert f"{name}/postgres" in text_result.output
+
+
+def test_doctor_with_an_unreachable_pgbouncer_is_one_line() -> None:
+    from click.testing import CliRunner
+
+    from pooltender.cli import main
+    from tests.pooltender._servers import free_port
+
+    dsn = f"host=127.0.0.1 port={free_port()} dbname=pgbouncer user=x password=hunter2secret"
+    result = CliRunner().invoke(main, ["doctor", postgres_url(), "--pgbouncer", dsn])
+    assert result.exit_code == 2, result.output
+    assert "cannot read SHOW POOLS" in result.output
+    assert "hunter2secret" not in result.output
+    assert "Traceback" not in result.output

@@ -24,13 +24,13 @@ from click.testing import CliRunner
 
 from pooltender.budget import ConnectionBudget, FleetShape, ProxyShape, WorkerModel
 from pooltender.cli import main
-from pooltender.server.limits import ServerLimits
 from pooltender.proxysql import (
     Backend,
     ProxySQLConfigError,
     multiplexing_breaker,
     proxysql_config,
 )
+from pooltender.server.limits import ServerLimits
 from pooltender.settings import PoolSettings
 
 # ------------------------------------------------------------- a libconfig parser

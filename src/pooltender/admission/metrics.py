@@ -19,8 +19,6 @@ in-flight add up across workers; counter and histogram deltas), like
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from pooltender.admission.limiter import QUEUE_WAIT_BUCKETS, AdmissionStats
-from pooltender.watch import HistogramSnapshot
+from pooltender.metrics import ThrottledMirror, observe_new_buckets, prometheus_buckets
 
 __all__ = ["AdmissionCollector", "AdmissionMirror"]
 
@@ -39,12 +37,6 @@ _GAUGES = (
 )
 _WAIT = "admission_queue_wait_seconds"
 _WAIT_HELP = "Time a request waited before it was admitted or shed."
-
-
-def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
-    pairs = [(repr(float(le)), float(n)) for le, n in snapshot.cumulative()[:-1]]
-    pairs.append(("+Inf", float(snapshot.count)))
-    return pairs
 
 
 class AdmissionCollector(Collector):
@@ -68,11 +60,11 @@ class AdmissionCollector(Collector):
         yield shed
         wait = HistogramMetricFamily(f"pooltender_{_WAIT}", _WAIT_HELP, labels=["outcome"])
         for outcome, hist in (("admitted", stats.queue_wait), ("shed", stats.shed_wait)):
-            wait.add_metric([outcome], _buckets(hist), sum_value=hist.sum)
+            wait.add_metric([outcome], prometheus_buckets(hist), sum_value=hist.sum)
         yield wait
 
 
-class AdmissionMirror:
+class AdmissionMirror(ThrottledMirror):
     """Copies one process's admission figures into multiprocess-mode metric objects.
 
     Call :meth:`sync` before serving a scrape (``force=True``) and after requests (throttled
@@ -86,10 +78,8 @@ class AdmissionMirror:
         registry: CollectorRegistry | None = None,
         min_interval: float = 1.0,
     ) -> None:
+        super().__init__(min_interval)
         self._source = source
-        self._min_interval = min_interval
-        self._last = 0.0
-        self._lock = threading.Lock()
         self._gauges = {
             name: Gauge(f"pooltender_{name}", help_text, multiprocess_mode="livesum",
                         registry=registry)
@@ -110,35 +100,20 @@ class AdmissionMirror:
         self._seen_shed: dict[str, int] = {}
         self._seen_buckets: dict[str, tuple[int, ...]] = {}
 
-    def sync(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self._min_interval:
-            return
-        if not self._lock.acquire(blocking=force):
-            return
-        try:
-            self._last = now
-            stats = self._source()
-            for name, attr, _help in _GAUGES:
-                self._gauges[name].set(getattr(stats, attr))
-            if stats.admitted > self._seen_admitted:
-                self._admitted.inc(stats.admitted - self._seen_admitted)
-                self._seen_admitted = stats.admitted
-            for reason, count in stats.shed.items():
-                seen = self._seen_shed.get(reason, 0)
-                self._shed.labels(reason)  # every reason appears, at 0 until one happens
-                if count > seen:
-                    self._shed.labels(reason).inc(count - seen)
-                    self._seen_shed[reason] = count
-            for outcome, hist in (("admitted", stats.queue_wait), ("shed", stats.shed_wait)):
-                metric = self._wait.labels(outcome)
-                before = self._seen_buckets.get(outcome, (0,) * len(hist.counts))
-                bounds = hist.bounds
-                for index, (count, prior) in enumerate(zip(hist.counts, before, strict=True)):
-                    # observed at the bucket's upper bound: the _sum is an upper estimate
-                    value = bounds[index] if index < len(bounds) else bounds[-1] * 2
-                    for _ in range(count - prior):
-                        metric.observe(value)
-                self._seen_buckets[outcome] = hist.counts
-        finally:
-            self._lock.release()
+    def _copy(self) -> None:
+        stats = self._source()
+        for name, attr, _help in _GAUGES:
+            self._gauges[name].set(getattr(stats, attr))
+        if stats.admitted > self._seen_admitted:
+            self._admitted.inc(stats.admitted - self._seen_admitted)
+            self._seen_admitted = stats.admitted
+        for reason, count in stats.shed.items():
+            seen = self._seen_shed.get(reason, 0)
+            self._shed.labels(reason)  # every reason appears, at 0 until one happens
+            if count > seen:
+                self._shed.labels(reason).inc(count - seen)
+                self._seen_shed[reason] = count
+        for outcome, hist in (("admitted", stats.queue_wait), ("shed", stats.shed_wait)):
+            self._seen_buckets[outcome] = observe_new_buckets(
+                self._wait.labels(outcome), hist, self._seen_buckets.get(outcome)
+            )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from pooltender.budget import (
     PROXY_PREFIX,
     SERVER_PREFIX,
     BudgetReport,
+    BudgetTerm,
     ConnectionBudget,
     FleetShape,
     PoolRecommendation,
@@ -395,28 +396,34 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _terms_table(title: str, terms: Sequence[BudgetTerm], total_label: str, total: int) -> Any:
+    """One table of budget terms (name, formula, connections) and their total."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("term")
+    table.add_column("formula")
+    table.add_column("connections", justify="right")
+    for term in terms:
+        table.add_row(term.name, term.formula, str(term.connections))
+    table.add_row(f"[b]{total_label}[/b]", "", f"[b]{total}[/b]")
+    return table
+
+
 def render(outcome: BudgetOutcome) -> None:
     """Print the outcome as rich tables and text; refusals one line each at the end."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(highlight=False)
     r = outcome.report
     side = r.proxy_side
-    table = Table(
-        title="Connection budget"
+    title = (
+        "Connection budget"
         if side is None
         else "Fleet demand (web processes and consumers go through the proxy; other "
-        "clients and reserved slots connect directly)",
-        title_justify="left",
+        "clients and reserved slots connect directly)"
     )
-    table.add_column("term")
-    table.add_column("formula")
-    table.add_column("connections", justify="right")
-    for term in r.terms:
-        table.add_row(term.name, term.formula, str(term.connections))
-    table.add_row("[b]fleet demand[/b]", "", f"[b]{r.total_demand}[/b]")
-    console.print(table)
+    console.print(_terms_table(title, r.terms, "fleet demand", r.total_demand))
     console.print(
         f"pool: {r.settings.key('pool_size')}={r.settings.pool_size} "
         f"{r.settings.key('max_overflow')}={r.settings.max_overflow} "
@@ -430,14 +437,14 @@ def render(outcome: BudgetOutcome) -> None:
             f"{side.client_demand_per_instance} client connections per instance, "
             f"max_client_conn {side.client_limit_per_instance}"
         )
-        server = Table(title="Server side (connections to the server)", title_justify="left")
-        server.add_column("term")
-        server.add_column("formula")
-        server.add_column("connections", justify="right")
-        for term in side.server_terms:
-            server.add_row(term.name, term.formula, str(term.connections))
-        server.add_row("[b]server demand[/b]", "", f"[b]{side.server_demand}[/b]")
-        console.print(server)
+        console.print(
+            _terms_table(
+                "Server side (connections to the server)",
+                side.server_terms,
+                "server demand",
+                side.server_demand,
+            )
+        )
     console.print(f"server: {outcome.server_source}")
     if r.client_connection_limit is not None:
         reserve = (

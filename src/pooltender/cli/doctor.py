@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -98,6 +99,38 @@ def _summary(s: ServerSnapshot) -> Any:
     return table
 
 
+def _proxy_table(report: DoctorReport) -> Any:
+    """PgBouncer's pools beside the app's client connections and the server's backends."""
+    from rich.table import Table
+
+    table = Table(title="PgBouncer (SHOW POOLS) and the server", title_justify="left")
+    for column in (
+        "database/user",
+        "mode",
+        "app clients",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_used",
+        "maxwait s",
+        "server backends",
+    ):
+        table.add_column(column, justify="left" if column in ("database/user", "mode") else "right")
+    for line in report.proxy or ():
+        p = line.pool
+        app = "-" if line.app_client_connections is None else str(line.app_client_connections)
+        table.add_row(
+            f"{p.database}/{p.user}",
+            p.pool_mode,
+            app,
+            *(str(n) for n in (p.cl_active, p.cl_waiting, p.sv_active, p.sv_idle, p.sv_used)),
+            f"{p.maxwait:g}",
+            str(line.server_backends),
+        )
+    return table
+
+
 def render(report: DoctorReport) -> None:
     """Print the report with rich: summary, groupings, budget verdict, ranked findings."""
     from rich.console import Console
@@ -109,6 +142,8 @@ def render(report: DoctorReport) -> None:
     console.print(_table("By user", s.by_user(), "user"))
     console.print(_table("By host", s.by_host(), "host"))
     console.print(_table("By state", s.by_state(), "state"))
+    if report.proxy is not None:
+        console.print(_proxy_table(report))
     if report.budget is not None:
         verdict = "FITS" if report.budget.ok else "DOES NOT FIT"
         console.print(f"fleet budget: {verdict}: {report.budget.summary()}", markup=False)
@@ -140,10 +175,40 @@ def render(report: DoctorReport) -> None:
     console.print(f"\nverdict: {verdict}")
 
 
+#: The Thresholds fields a flag sets: (flag, parameter, type, help); defaults from Thresholds.
+_THRESHOLD_FLAGS: tuple[tuple[str, str, click.ParamType[Any], str], ...] = (
+    ("--near-limit", "near_limit", click.FloatRange(0, 1, min_open=True),
+     "Fraction of max_connections that is a finding."),
+    ("--idle-after", "idle_after", click.FloatRange(0),
+     "Seconds idle before a connection counts as long-idle."),
+    ("--idle-per-host", "idle_per_group", click.IntRange(0),
+     "Long-idle connections from one account on one host that are a finding."),
+    ("--idle-in-transaction-after", "idle_in_transaction_after", click.FloatRange(0),
+     "Seconds idle inside a transaction that are a finding."),
+)  # fmt: skip
+
+
+def _threshold_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add one option per :data:`_THRESHOLD_FLAGS` entry, in that order in ``--help``."""
+    for flag, name, kind, help_text in reversed(_THRESHOLD_FLAGS):
+        command = click.option(
+            flag,
+            name,
+            type=kind,
+            default=getattr(_DEFAULT_THRESHOLDS, name),
+            show_default=True,
+            help=help_text,
+        )(command)
+    return command
+
+
 _EPILOG = """\b
 Examples:
   pooltender doctor mysql+mysqldb://ops@db/app
   DATABASE_URL=postgresql+psycopg://ops@db/app pooltender doctor --json
+  # line up PgBouncer's pools (its admin console) with the server's backends
+  pooltender doctor postgresql+psycopg://ops@db/app \\
+      --pgbouncer 'host=pgb port=6432 dbname=pgbouncer user=ops'
   # add the fleet budget (the flags of `pooltender budget`)
   pooltender doctor mysql+mysqldb://ops@db/app --processes 4 --worker-model gevent \\
       --pool-size 20 --max-overflow 50
@@ -164,45 +229,25 @@ Exit status: 0 healthy, 1 findings (warning or worse), 2 no URL or cannot connec
     "[default: POOLTENDER_POOL_RECYCLE if set].",
 )
 @click.option(
+    "--pgbouncer",
+    metavar="DSN",
+    default=None,
+    help="PgBouncer's admin console (libpq DSN or postgresql:// URL, dbname=pgbouncer): line "
+    "up its SHOW POOLS with the server's backends and the fleet's client connections.",
+)
+@click.option(
     "--user",
     "users",
     multiple=True,
     metavar="USER",
     help="Only look at this account's connections (repeatable); server-wide checks still apply.",
 )
-@click.option(
-    "--near-limit",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=_DEFAULT_THRESHOLDS.near_limit,
-    show_default=True,
-    help="Fraction of max_connections that is a finding.",
-)
-@click.option(
-    "--idle-after",
-    type=click.FloatRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_after,
-    show_default=True,
-    help="Seconds idle before a connection counts as long-idle.",
-)
-@click.option(
-    "--idle-per-host",
-    "idle_per_group",
-    type=click.IntRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_per_group,
-    show_default=True,
-    help="Long-idle connections from one account on one host that are a finding.",
-)
-@click.option(
-    "--idle-in-transaction-after",
-    type=click.FloatRange(0),
-    default=_DEFAULT_THRESHOLDS.idle_in_transaction_after,
-    show_default=True,
-    help="Seconds idle inside a transaction that are a finding.",
-)
+@_threshold_options
 def doctor_command(
     url: str | None,
     as_json: bool,
     pool_recycle: int | None,
+    pgbouncer: str | None,
     users: tuple[str, ...],
     near_limit: float,
     idle_after: float,
@@ -217,8 +262,9 @@ def doctor_command(
     connections by user, host and state, and reports: connections near max_connections (with
     the max_connections to set now and in my.cnf), long-idle piles from one host (a pool too
     large, or a leak), transactions left idle, pool_recycle not below wait_timeout, and
-    applications using privileged accounts. Give fleet flags (--processes, --pool-size, ...)
-    to add the fleet budget.
+    applications using privileged accounts. With --pgbouncer, PgBouncer's pools beside the
+    server's backends (clients waiting in the proxy, backends that bypass it). Give fleet
+    flags (--processes, --pool-size, ...) to add the fleet budget.
     """
     url = url or os.environ.get("DATABASE_URL")
     if not url:
@@ -263,6 +309,7 @@ def doctor_command(
             fleet=fleet,
             settings=settings,
             users=users,
+            pgbouncer=pgbouncer,
         )
     except InspectionError as exc:
         raise DoctorCommandError(str(exc)) from None

@@ -32,6 +32,11 @@ The checks (thresholds in :class:`Thresholds`):
     operator, wrong if this is the application's URL.
 ``budget``
     With a fleet shape: the fleet can open more connections than the server accepts.
+``proxy-waiting`` / ``proxy-bypass``
+    With ``pgbouncer`` (PgBouncer's admin console): clients queued in PgBouncer for a server
+    connection, or more backends on the server than PgBouncer's server connections (clients
+    that bypass the proxy); see :mod:`pooltender.server.pgbouncer`, which lines up the app's
+    pools, PgBouncer's ``SHOW POOLS`` and ``pg_stat_activity``.
 ``long-wait-timeout`` (info)
     ``wait_timeout`` of an hour or more while more than ``idle_per_group`` connections sleep.
 ``partial-view`` (info)
@@ -55,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pooltender.budget import BudgetReport, ConnectionBudget, FleetShape
+from pooltender.server.pgbouncer import ProxyLine, read_lineup
 from pooltender.server.snapshot import (
     ServerConnection,
     ServerSnapshot,
@@ -137,6 +143,8 @@ class DoctorReport:
     thresholds: Thresholds
     budget: BudgetReport | None = None
     users: tuple[str, ...] = ()
+    proxy: tuple[ProxyLine, ...] | None = None
+    """PgBouncer's pools lined up with the server (None: no PgBouncer URL given)."""
 
     @property
     def healthy(self) -> bool:
@@ -158,6 +166,7 @@ class DoctorReport:
             "thresholds": asdict(self.thresholds),
             "findings": [f.to_json() for f in self.findings],
             "budget": None if self.budget is None else self.budget.to_dict(),
+            "pgbouncer": None if self.proxy is None else [p.to_json() for p in self.proxy],
             "snapshot": self.snapshot.to_json(),
         }
 
@@ -172,6 +181,7 @@ def diagnose(
     pool_recycle: int | None = None,
     budget: BudgetReport | None = None,
     users: Sequence[str] = (),
+    proxy: Sequence[ProxyLine] = (),
 ) -> tuple[Finding, ...]:
     """Rank what is wrong with ``snapshot``: critical first, then by how much it matters.
 
@@ -190,6 +200,7 @@ def diagnose(
     findings.extend(_privileged(snapshot, clients))
     if budget is not None and not budget.ok:
         findings.append(_budget_finding(budget))
+    findings.extend(_proxy(proxy))
     findings.extend(_long_wait_timeout(snapshot, clients, t))
     if snapshot.unreadable:
         findings.append(
@@ -461,12 +472,56 @@ def _budget_finding(b: BudgetReport) -> Finding:
         title=f"the fleet can open {b.total_demand} connections; the server accepts "
         f"{b.client_connection_limit}",
         evidence=(b.summary(), *(f"{t.name}: {t.formula} = {t.connections}" for t in b.terms)),
-        remedy=(*(r.action for r in b.remedies), b.set_global_sql, b.config_file_lines),
+        # raise_lines is empty unless the fleet needs more than the server has: a fleet that
+        # fits (shown here for a settings problem) must never be told to lower the limit
+        remedy=(
+            *(r.action for r in b.remedies),
+            *(str(p) for p in b.settings_problems),
+            *b.raise_lines,
+        ),
         figures={
             "total_demand": b.total_demand,
             "required_max_connections": b.required_max_connections,
         },
     )
+
+
+def _proxy(lines: Sequence[ProxyLine]) -> Iterable[Finding]:
+    for line in lines:
+        p = line.pool
+        pool = f"PgBouncer pool {p.database}/{p.user}"
+        if p.cl_waiting:
+            yield Finding(
+                code="proxy-waiting",
+                severity=Severity.WARNING,
+                title=f"{p.cl_waiting} client(s) wait in {pool} for a server connection",
+                evidence=(
+                    f"cl_active={p.cl_active} cl_waiting={p.cl_waiting} "
+                    f"sv_active={p.sv_active} sv_idle={p.sv_idle} maxwait={p.maxwait:g} s",
+                ),
+                remedy=(
+                    "look for transactions held open (idle in transaction) first; then raise "
+                    "PgBouncer's default_pool_size (the proxy's server pool, within the "
+                    "server's max_connections: `pooltender budget --config` checks both)",
+                ),
+                figures={"cl_waiting": p.cl_waiting, "maxwait": p.maxwait},
+            )
+        if line.bypassing:
+            yield Finding(
+                code="proxy-bypass",
+                severity=Severity.WARNING,
+                title=f"{line.bypassing} backend(s) of {p.database}/{p.user} do not come "
+                f"through {pool}",
+                evidence=(
+                    f"pg_stat_activity has {line.server_backends} backend(s) of database "
+                    f"{p.database} user {p.user}; PgBouncer holds {p.servers}",
+                ),
+                remedy=(
+                    "point every client of this database at PgBouncer (or count the direct "
+                    "ones as other_clients in the fleet budget)",
+                ),
+                figures={"server_backends": line.server_backends, "proxy_servers": p.servers},
+            )
 
 
 def _long_wait_timeout(
@@ -511,13 +566,17 @@ def doctor(
     settings: PoolSettings | None = None,
     users: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    pgbouncer: str | None = None,
 ) -> DoctorReport:
     """Inspect the server at ``url`` (default: ``DATABASE_URL``) and diagnose it.
 
     ``pool_recycle`` defaults to ``POOLTENDER_POOL_RECYCLE`` when set. With ``fleet``, the
     budget of that fleet (pool ``settings``, default ``PoolSettings.from_env()``) is computed
-    against the server's live limits. Raises :class:`~pooltender.server.snapshot.InspectionError`
-    (message masked) when the server cannot be reached, ``ValueError`` when no URL is known.
+    against the server's live limits. With ``pgbouncer`` (a libpq DSN or ``postgresql://`` URL
+    of PgBouncer's admin console) PgBouncer's pools are lined up with the server's backends
+    and the fleet's client connections (:mod:`pooltender.server.pgbouncer`). Raises
+    :class:`~pooltender.server.snapshot.InspectionError` (message masked) when the server or
+    PgBouncer cannot be reached, ``ValueError`` when no URL is known.
     """
     env = os.environ if env is None else env
     url = url or env.get("DATABASE_URL")
@@ -536,10 +595,24 @@ def doctor(
         limits = snapshot.limits
         problems = pool.check_against_server(limits) if limits is not None else ()
         budget = ConnectionBudget(fleet, pool).report(limits, problems, backend=snapshot.backend)
+    proxy: tuple[ProxyLine, ...] | None = None
+    if pgbouncer is not None:
+        app_clients = budget.total_demand if budget is not None else None
+        proxy = read_lineup(pgbouncer, snapshot, app_client_connections=app_clients, users=users)
     t = thresholds or Thresholds()
     findings = diagnose(
-        snapshot, thresholds=t, pool_recycle=pool_recycle, budget=budget, users=users
+        snapshot,
+        thresholds=t,
+        pool_recycle=pool_recycle,
+        budget=budget,
+        users=users,
+        proxy=proxy or (),
     )
     return DoctorReport(
-        snapshot=snapshot, findings=findings, thresholds=t, budget=budget, users=tuple(users)
+        snapshot=snapshot,
+        findings=findings,
+        thresholds=t,
+        budget=budget,
+        users=tuple(users),
+        proxy=proxy,
     )
