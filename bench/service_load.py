@@ -109,6 +109,36 @@ CONFIGS = {
         Config(
             "1+0", "1+0 per worker", {"POOLTENDER_POOL_SIZE": "1", "POOLTENDER_MAX_OVERFLOW": "0"}
         ),
+        Config(
+            "2+0-fixed",
+            "2+0, admission fixed at 2",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_LIMIT": "fixed",
+                "POOLTENDER_ADMISSION_INITIAL": "2",
+            },
+        ),
+        Config(
+            "4+2-fixed4",
+            "4+2, admission fixed at 4",
+            {"POOLTENDER_ADMISSION_LIMIT": "fixed", "POOLTENDER_ADMISSION_INITIAL": "4"},
+        ),
+        Config(
+            "2+0-wide",
+            "2+0, admission 8..32",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_INITIAL": "8",
+                "POOLTENDER_ADMISSION_MAX": "32",
+            },
+        ),
+        Config(
+            "4+2-wide",
+            "4+2, admission 8..32",
+            {"POOLTENDER_ADMISSION_INITIAL": "8", "POOLTENDER_ADMISSION_MAX": "32"},
+        ),
     )
 }
 BASELINE = "after"
