@@ -105,6 +105,7 @@ def test_an_admin_signs_in_and_the_cookie_opens_the_pages(client: FlaskClient) -
     assert morsel["samesite"] == "Strict"
     assert morsel["secure"] is True  # COUPONS_ENV=test is not development
 
+    assert client.get_cookie(ADMIN_PAGE_COOKIE, path="/pooltender") is not None
     page = client.get(DASHBOARD, headers=HTML)
     assert page.status_code == 200
     assert "pool only" in page.get_data(as_text=True) or "server-card" in page.get_data(
@@ -143,7 +144,7 @@ def test_a_wrong_password_shows_the_page_again_with_no_cookie_and_no_password_lo
     assert 'value="admin@example.test"' in html  # the email is kept, the password is not
     assert WRONG not in html
     assert not set_cookie_headers(response)
-    assert ADMIN_PAGE_COOKIE not in {c.key for c in client._cookies.values()}
+    assert client.get_cookie(ADMIN_PAGE_COOKIE, path="/pooltender") is None
     assert client.get(DASHBOARD, headers=HTML).status_code == 302
 
     unknown = sign_in(client, "nobody@example.test", WRONG)
@@ -243,6 +244,36 @@ def test_a_stale_cookie_sends_the_browser_to_sign_in_and_is_dropped(
     assert morsel.value == ""
     assert morsel["path"] == "/pooltender"
     assert client.get("/pooltender/dashboard/data").status_code == 401  # JSON for scripts
+
+
+def test_a_dashboard_elsewhere_gets_the_cookie_on_its_own_path(database_url: str) -> None:
+    settings = make_settings(
+        database_url,
+        pooltender_config={
+            "POOLTENDER_DASHBOARD": "true",
+            "POOLTENDER_DASHBOARD_PATH": "/ops/pool",
+        },
+    )
+    application = create_app(settings)
+    try:
+        with application.app_context():
+            auth.create_user("ops@example.test", PASSWORD, "admin")
+        client = application.test_client()
+        sent = client.get("/ops/pool/", headers=HTML)
+        assert sent.status_code == 302
+        assert parse_qs(urlsplit(sent.headers["Location"]).query)["next"] == ["/ops/pool/"]
+        response = sign_in(client, "ops@example.test", PASSWORD)
+        assert response.headers["Location"] == "/ops/pool/"
+        (header,) = set_cookie_headers(response)
+        assert SimpleCookie(header)[ADMIN_PAGE_COOKIE]["path"] == "/ops/pool"
+        assert client.get("/ops/pool/", headers=HTML).status_code == 200
+        # the stats page is outside the cookie's path: JSON, not a redirect that would loop
+        assert client.get("/pooltender/stats", headers=HTML).status_code == 401
+    finally:
+        with application.app_context():
+            db.session.remove()
+            empty_tables()
+            db.engine.dispose()
 
 
 # --------------------------------------------------------------------------- in a browser
