@@ -161,3 +161,19 @@ def test_help_names_every_option_and_the_scripting_idiom() -> None:
         assert option in result.output
     assert "CAMPAIGN=$(coupons create-campaign" in result.output
     assert "create-campaign" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_an_unreachable_database_is_one_line_naming_it() -> None:
+    env = {
+        "DATABASE_URL": "mysql+mysqldb://app:s3cret-pw@127.0.0.1:1/coupons",
+        "POOLTENDER_CONNECT_TIMEOUT": "1",
+        "COUPONS_ENV": "test",
+        "SECRET_KEY": "x" * 40,
+    }
+    result = CliRunner().invoke(main, ["create-campaign", *BASE], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: DATABASE_URL=mysql+mysqldb://app:***@127.0.0.1:1/")
+    assert "database unavailable" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "s3cret-pw" not in result.output
+    assert "Traceback" not in result.output
