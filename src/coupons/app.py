@@ -6,16 +6,23 @@ settings are given, so tests and gunicorn build apps the same way.
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, abort, request
 from flask_smorest import Api
 
 from coupons.api import register
 from coupons.api.common import require_admin, require_admin_token
 from coupons.api.lean import NoCookieSession
 from coupons.api.schemas import CouponsApi
+from coupons.api.signin import (
+    ADMIN_PAGE_COOKIE,
+    register_sign_in,
+    sign_in_redirect,
+    wants_sign_in_page,
+)
 from coupons.appsettings import attach_settings, settings_of
 from coupons.config import Settings
 from coupons.db import db, install_sqlite_hooks
+from coupons.errors import Unauthorized
 from pooltender.flask import Pooltender
 
 __all__ = ["ADMIN_PAGE_COOKIE", "create_app", "settings_of"]
@@ -50,19 +57,24 @@ def create_app(settings: Settings | None = None) -> Flask:
         app, spec_kwargs={"info": {"description": "Coupon campaigns, codes, redemptions"}}
     )
     register(app, api)
+    register_sign_in(app)
     return app
-
-
-#: Cookie that carries an admin access token to pooltender's read-only pages, so a browser
-#: can open the dashboard (those pages only answer GET; the API never reads this cookie).
-ADMIN_PAGE_COOKIE = "coupons_admin_token"
 
 
 def _require_admin() -> None:
     """Pooltender's stats and dashboard pages are for admins: a bearer token, or the
-    :data:`ADMIN_PAGE_COOKIE` holding one."""
+    :data:`ADMIN_PAGE_COOKIE` holding one (set by the sign-in page, :mod:`coupons.api.signin`).
+
+    A browser without a valid cookie is redirected (302) to the sign-in page; a caller with a
+    bearer token or preferring JSON gets the JSON 401, as before.
+    """
     cookie = request.cookies.get(ADMIN_PAGE_COOKIE)
-    if cookie and "Authorization" not in request.headers:
-        require_admin_token(cookie)
-    else:
-        require_admin()
+    try:
+        if cookie and "Authorization" not in request.headers:
+            require_admin_token(cookie)
+        else:
+            require_admin()
+    except Unauthorized:
+        if wants_sign_in_page():
+            abort(sign_in_redirect())
+        raise

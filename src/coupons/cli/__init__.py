@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from coupons.cli import codes, consume, demo, serve, users
+from coupons.cli import campaigns, codes, consume, demo, serve, users
 from coupons.cli import db as db_commands
 from coupons.cli.common import CouponsGroup
 
@@ -19,5 +19,5 @@ def main() -> None:
 
 
 main.add_command(db_commands.db)
-for _module in (users, codes, demo, serve, consume):
+for _module in (users, campaigns, codes, demo, serve, consume):
     _module.register(main)

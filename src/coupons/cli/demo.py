@@ -99,6 +99,7 @@ def demo(port: int, no_serve: bool) -> None:
     Seeds an admin user (a new password on every run, printed below), a campaign
     and 1,000 codes, then serves the API on 127.0.0.1:PORT with gunicorn.
     """
+    from coupons.api.signin import SIGN_IN_PATH
     from coupons.cli.common import load_settings
     from coupons.cli.serve import run_gunicorn
     from coupons.migrate import upgrade
@@ -123,6 +124,7 @@ coupons demo
   OpenAPI       {base}/openapi.json
   health        {base}/healthz   {base}/readyz
   dashboard     {base}{dashboard_path()}/  (admins; pool only on SQLite)
+  sign in       {base}{SIGN_IN_PATH}  (the admin login above; a browser is sent there)
   pool stats    {base}/pooltender/stats   metrics  {base}/metrics
 
 Try it (copy and paste):
@@ -135,8 +137,9 @@ Try it (copy and paste):
     -H 'Content-Type: application/json' -H "Idempotency-Key: demo-order-o-1" \\
     -d '{{"code": "{code}", "customer_id": "c-1", "order_id": "o-1", "order_total": "80.00"}}'
 
-The dashboard and the stats page want an admin token (Authorization: Bearer $TOKEN, or in
-the coupons_admin_token cookie); from the shell:
+Open the dashboard in a browser: it sends you to the sign-in page, where the admin login
+above lets you in for ACCESS_TOKEN_TTL (15 min; then sign in again). From the shell, the
+dashboard and the stats page take the token (Authorization: Bearer $TOKEN):
 
   curl -s {base}{dashboard_path()}/data -H "Authorization: Bearer $TOKEN"
 

@@ -28,6 +28,10 @@ CODE_PATTERN: Final = re.compile(r"^[A-Z0-9-]{3,64}$")
 CODE_ALPHABET: Final = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 RANDOM_CODE_GROUPS: Final = 3
 RANDOM_CODE_GROUP_LEN: Final = 4
+#: Longest campaign name (the column is VARCHAR(200)) and largest cap (a 32-bit INTEGER
+#: column): checked here so every caller (API, CLI) is refused alike, not by the database.
+MAX_CAMPAIGN_NAME: Final = 200
+MAX_CAP: Final = 2_147_483_647
 
 
 class CampaignRules(Protocol):
@@ -121,14 +125,26 @@ def check_campaign(values: Mapping[str, Any]) -> None:
         raise Unprocessable("ends_at must be after starts_at", code="invalid_window")
     if values["max_redemptions"] is not None and values["max_redemptions"] < 1:
         raise Unprocessable("max_redemptions must be at least 1", code="invalid_max_redemptions")
+    if values["max_redemptions"] is not None and values["max_redemptions"] > MAX_CAP:
+        raise Unprocessable(
+            f"max_redemptions must be at most {MAX_CAP}", code="invalid_max_redemptions"
+        )
     if values["per_customer_limit"] is not None and values["per_customer_limit"] < 1:
         raise Unprocessable(
             "per_customer_limit must be at least 1", code="invalid_per_customer_limit"
+        )
+    if values["per_customer_limit"] is not None and values["per_customer_limit"] > MAX_CAP:
+        raise Unprocessable(
+            f"per_customer_limit must be at most {MAX_CAP}", code="invalid_per_customer_limit"
         )
     if values["min_order_total"] is not None:
         check_money("min_order_total", values["min_order_total"], allow_zero=True)
     if not values["name"].strip():
         raise Unprocessable("name must not be blank", code="invalid_name")
+    if len(values["name"]) > MAX_CAMPAIGN_NAME:
+        raise Unprocessable(
+            f"name must be at most {MAX_CAMPAIGN_NAME} characters", code="invalid_name"
+        )
 
 
 def refusal(campaign: CampaignRules, order_total: Decimal, now: dt.datetime) -> Refusal | None:
