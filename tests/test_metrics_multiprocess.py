@@ -183,7 +183,7 @@ def test_counters_never_drop_across_workers_and_recycling(served: Served) -> Non
     # a worker mirrors its pool counters at most once a second after requests (and at a
     # scrape it answers itself): wait until the pool's counter is in the aggregate
     checkouts = ("pooltender_pool_checkouts_total", (("engine", "default"),))
-    while checkouts not in counter_samples(_get(f"{served.base}/metrics")):
+    while checkouts not in counter_samples(_get(f"{served.base}/metrics", METRICS_TOKEN)):
         assert time.monotonic() < deadline, "no pool checkouts in /metrics"
         traffic(served.base)
         time.sleep(0.2)
