@@ -75,6 +75,9 @@ def test_every_operation_documents_its_error_statuses_and_codes(client: FlaskCli
                 if int(status) >= 400:
                     assert answer["x-error-codes"], (method, path, status)
                     assert all(code in answer["description"] for code in answer["x-error-codes"])
+                    schema = answer["content"]["application/json"]["schema"]
+                    code = schema["allOf"][1]["properties"]["error"]["properties"]["code"]
+                    assert code["enum"] == answer["x-error-codes"]
     redeem = spec["paths"][f"{API}/redemptions"]["post"]["responses"]
     assert "coupon_exhausted" in redeem["409"]["x-error-codes"]
     assert redeem["503"]["x-error-codes"] == [

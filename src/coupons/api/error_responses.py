@@ -15,8 +15,9 @@ The statuses come from the layers a request passes (see docs/reliability.md):
 * an operation with a path parameter: 404 ``not_found`` (a non-ASCII digit in the path);
 * and the service's own errors per operation, in :data:`SERVICE_ERRORS`.
 
-Each error response references the ``ApiError`` schema and lists its codes in the
-extension ``x-error-codes`` and in its description. flask-smorest's catch-all ``default``
+Each error response's schema is ``ApiError`` with ``error.code`` an enum of its codes
+(``allOf``), and the codes are also listed in the extension ``x-error-codes`` and in the
+description. flask-smorest's catch-all ``default``
 response is dropped, so a status outside the document is a conformance failure (the
 schemathesis run in tests/test_schemathesis.py checks it). This is an apispec plugin
 (``operation_helper``, apispec's documented extension point), added by
@@ -142,6 +143,25 @@ def error_codes(key: str, operation: dict[str, Any], path: str) -> dict[int, lis
     return codes
 
 
+def _error_schema(codes: list[str]) -> dict[str, Any]:
+    """``ApiError`` with its ``code`` limited to ``codes`` (so a response carrying another
+    code fails schema conformance)."""
+    return {
+        "allOf": [
+            {"$ref": "#/components/schemas/ApiError"},
+            {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string", "enum": codes}},
+                    }
+                },
+            },
+        ]
+    }
+
+
 def _description(existing: Any, codes: list[str]) -> str:
     listed = ", ".join(codes)
     if isinstance(existing, dict) and existing.get("description"):
@@ -170,7 +190,7 @@ class ErrorResponsesPlugin(BasePlugin):
                 existing = responses.get(str(status))
                 response: dict[str, Any] = {
                     "description": _description(existing, codes),
-                    "content": {"application/json": {"schema": "ApiError"}},
+                    "content": {"application/json": {"schema": _error_schema(codes)}},
                     "x-error-codes": codes,
                 }
                 if status in (429, 503):
