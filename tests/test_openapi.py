@@ -136,3 +136,26 @@ def test_generate_codes_takes_strict_integers_in_the_columns_range(
     accepted = client.post(url, json={"count": 2, "max_uses": 2_147_483_647}, headers=admin)
     assert accepted.status_code == 201, accepted.get_json()
     assert count_rows(app, Coupon) == 2
+
+
+def test_an_id_beyond_the_columns_range_is_404_for_every_method(
+    client: FlaskClient, admin: dict[str, str]
+) -> None:
+    big = 2_147_483_648
+    for method, path in (
+        ("get", f"/campaigns/{big}"),
+        ("patch", f"/campaigns/{big}"),
+        ("post", f"/campaigns/{big}/codes"),
+        ("get", f"/redemptions/{big}"),
+        ("post", f"/redemptions/{big}/rollback"),
+        ("get", "/campaigns/0"),
+    ):
+        response = client.open(f"{API}{path}", method=method.upper(), json={}, headers=admin)
+        assert response.status_code == 404, (method, path, response.get_json())
+        assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_the_document_states_the_window_rule_it_cannot_express(client: FlaskClient) -> None:
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    for name in ("Campaign", "CampaignPatch"):
+        assert "strictly after starts_at" in schemas[name]["properties"]["ends_at"]["description"]

@@ -169,14 +169,19 @@ def _currency(**kwargs: Any) -> fields.String:
     )
 
 
-def _when(**kwargs: Any) -> fields.AwareDateTime:
+def _when(description: str | None = None, **kwargs: Any) -> fields.AwareDateTime:
     """An ISO 8601 time; one without an offset is taken as UTC."""
-    return BoundedDateTime(
-        allow_none=True,
-        default_timezone=dt.UTC,
-        metadata={"example": "2025-03-01T00:00:00Z"},
-        **kwargs,
-    )
+    metadata: dict[str, Any] = {"example": "2025-03-01T00:00:00Z"}
+    if description is not None:
+        metadata["description"] = description
+    return BoundedDateTime(allow_none=True, default_timezone=dt.UTC, metadata=metadata, **kwargs)
+
+
+#: JSON Schema cannot compare two properties, so the document says it in words.
+_ENDS_AFTER_STARTS = (
+    "Must be strictly after starts_at when both are set (an empty window, ends_at equal to "
+    "starts_at, is refused: 422 validation_error / invalid_window)."
+)
 
 
 class ApiErrorBodySchema(Schema):
@@ -249,7 +254,7 @@ class CampaignSchema(Schema):
     discount_value = Money(required=True)
     currency = _currency(required=True)
     starts_at = _when(load_default=None)
-    ends_at = _when(load_default=None)
+    ends_at = _when(_ENDS_AFTER_STARTS, load_default=None)
     max_redemptions = StrictInteger(
         allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
     )
@@ -283,7 +288,7 @@ class CampaignPatchSchema(Schema):
     discount_value = Money()
     currency = _currency()
     starts_at = _when()
-    ends_at = _when()
+    ends_at = _when(_ENDS_AFTER_STARTS)
     max_redemptions = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
     per_customer_limit = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
     min_order_total = Money(minimum="0", allow_none=True)
