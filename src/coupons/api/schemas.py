@@ -23,7 +23,7 @@ from marshmallow import (
     validate,
     validates_schema,
 )
-from werkzeug.exceptions import NotFound
+from werkzeug import exceptions as http_errors
 from werkzeug.routing import IntegerConverter
 from werkzeug.routing import ValidationError as RouteValidationError
 
@@ -63,7 +63,7 @@ class RowIdConverter(IntegerConverter):
         try:
             return super().to_python(value)
         except RouteValidationError:
-            raise NotFound() from None
+            raise http_errors.NotFound() from None
 
 
 def row_id_parameter_schema(converter: RowIdConverter) -> dict[str, Any]:
