@@ -1,6 +1,6 @@
 """Schemathesis over /openapi.json against the app in-process (WSGI, no server).
 
-For every documented operation, as an admin and as the service account, on each backend:
+For every documented operation, as an admin and as the service account, on SQLite and MariaDB:
 requests generated from the document (schema-valid ones, then schema-invalid ones) get no
 5xx, only statuses the operation documents, the documented content type, the documented
 headers, and bodies matching the documented schema. The number of examples per operation is
