@@ -11,6 +11,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from coupons.api.common import install_error_handlers
+from coupons.api.schemas import ROW_ID, RowIdConverter
 
 PREFIX = "/api/v1"
 
@@ -19,6 +20,7 @@ def register(app: Flask, api: Api) -> None:
     """Attach every blueprint and the JSON error handlers to ``app``."""
     from coupons.api import auth, campaigns, codes, coupons, health, listing, redemptions
 
+    app.url_map.converters[ROW_ID] = RowIdConverter
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, require_role
 from coupons.api.schemas import (
+    ROW_ID,
     ApiErrorSchema,
     CampaignPatchSchema,
     CampaignSchema,
@@ -35,7 +36,7 @@ def create_campaign(data: dict[str, Any]) -> service.CampaignView:
     return service.create_campaign(**data)
 
 
-@blp.route("/campaigns/<int:campaign_id>", methods=["GET"])
+@blp.route(f"/campaigns/<{ROW_ID}:campaign_id>", methods=["GET"])
 @require_role(Role.SERVICE)
 @blp.response(200, CampaignSchema)
 @blp.alt_response(404, schema=ApiErrorSchema, description="campaign_not_found")
@@ -44,7 +45,7 @@ def get_campaign(campaign_id: int) -> service.CampaignView:
     return service.get_campaign(campaign_id)
 
 
-@blp.route("/campaigns/<int:campaign_id>", methods=["PATCH"])
+@blp.route(f"/campaigns/<{ROW_ID}:campaign_id>", methods=["PATCH"])
 @require_role(Role.ADMIN)
 @blp.arguments(CampaignPatchSchema)
 @blp.response(200, CampaignSchema)
@@ -60,7 +61,7 @@ def update_campaign(changes: dict[str, Any], campaign_id: int) -> service.Campai
     return service.update_campaign(campaign_id, changes)
 
 
-@blp.route("/campaigns/<int:campaign_id>/codes", methods=["POST"])
+@blp.route(f"/campaigns/<{ROW_ID}:campaign_id>/codes", methods=["POST"])
 @require_role(Role.ADMIN)
 @blp.arguments(CodeCreateSchema)
 @blp.response(201, CouponSchema)

@@ -16,6 +16,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from coupons.api.common import BEARER, require_role
+from coupons.api.schemas import MAX_INT, ROW_ID, StrictInteger
 from coupons.services.codegen import (
     DEFAULT_ALPHABET,
     DEFAULT_PATTERN,
@@ -32,7 +33,7 @@ blp = Blueprint("codes", __name__, description="Bulk code generation and export"
 
 
 class GenerateCodesSchema(Schema):
-    count = fields.Integer(
+    count = StrictInteger(
         required=True,
         validate=validate.Range(min=MIN_COUNT, max=MAX_COUNT),
         metadata={"description": f"how many codes, {MIN_COUNT}..{MAX_COUNT}"},
@@ -52,10 +53,10 @@ class GenerateCodesSchema(Schema):
         validate=validate.Length(max=MAX_CODE_LENGTH),
         metadata={"description": "literal text put before the pattern"},
     )
-    max_uses = fields.Integer(
+    max_uses = StrictInteger(
         load_default=None,
         allow_none=True,
-        validate=validate.Range(min=1),
+        validate=validate.Range(min=1, max=MAX_INT),
         metadata={"description": "uses per code; omitted: only the campaign's limits apply"},
     )
 
@@ -67,7 +68,7 @@ class GeneratedCodesSchema(Schema):
     sample = fields.List(fields.String(), metadata={"description": "a few of the new codes"})
 
 
-@blp.route("/campaigns/<int:campaign_id>/codes/generate", methods=["POST"])
+@blp.route(f"/campaigns/<{ROW_ID}:campaign_id>/codes/generate", methods=["POST"])
 @require_role()
 @blp.arguments(GenerateCodesSchema)
 @blp.response(201, GeneratedCodesSchema)
@@ -100,7 +101,7 @@ def generate(body: dict[str, Any], campaign_id: int) -> dict[str, Any]:
     }
 
 
-@blp.route("/campaigns/<int:campaign_id>/codes.csv")
+@blp.route(f"/campaigns/<{ROW_ID}:campaign_id>/codes.csv")
 @require_role()
 @blp.doc(
     summary="Export a campaign's codes as CSV (streamed)",

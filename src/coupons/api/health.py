@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 from sqlalchemy import text
 
 from coupons.api.common import error_response
@@ -13,6 +14,11 @@ from coupons.db import db
 
 URL_PREFIX = ""
 blp = Blueprint("health", __name__, description="Liveness and readiness probes")
+
+
+class ProbeSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ok"]})
+    database = fields.String(metadata={"enum": ["ok"], "description": "readyz only"})
 
 
 def _alive() -> dict[str, Any]:
@@ -30,12 +36,14 @@ def _ready() -> Any:
 
 
 @blp.route("/healthz")
+@blp.response(200, ProbeSchema)
 @blp.doc(summary="The process is alive (no database access)")
 def healthz() -> dict[str, Any]:
     return _alive()
 
 
 @blp.route("/readyz")
+@blp.response(200, ProbeSchema)
 @blp.doc(summary="The database is reachable", responses={"503": {"description": "not ready"}})
 def readyz() -> Any:
     return _ready()

@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from coupons.api.common import BEARER, require_role
+from coupons.api.schemas import Money
 from coupons.lib.query import DEFAULT_LIMIT, MAX_LIMIT
 from coupons.models import Role
 from coupons.services import listing as service
@@ -25,7 +26,6 @@ blp = Blueprint("listing", __name__, description="Listing campaigns and coupons"
 _LIST_ERRORS = {
     "400": {"description": "invalid_cursor: the cursor was not returned by this API"},
     "401": {"description": "missing or invalid access token"},
-    "403": {"description": "the caller's role may not list"},
     "422": {"description": "validation_error: a query parameter is out of range"},
 }
 
@@ -37,7 +37,9 @@ class KeysetQuerySchema(Schema):
         metadata={"description": f"page size, 1..{MAX_LIMIT}"},
     )
     cursor = fields.String(
-        load_default=None, metadata={"description": "next_cursor of the previous page"}
+        load_default=None,
+        validate=validate.Length(min=1),  # an empty cursor is not one this API returned
+        metadata={"description": "next_cursor of the previous page"},
     )
 
 
@@ -65,14 +67,14 @@ class CampaignListItemSchema(Schema):
     id = fields.Integer()
     name = fields.String()
     discount_type = fields.String()
-    discount_value = fields.Decimal(as_string=True, places=2)
+    discount_value = Money()
     currency = fields.String()
     starts_at = fields.DateTime(allow_none=True)
     ends_at = fields.DateTime(allow_none=True)
     max_redemptions = fields.Integer(allow_none=True)
     redemption_count = fields.Integer()
     per_customer_limit = fields.Integer(allow_none=True)
-    min_order_total = fields.Decimal(as_string=True, places=2, allow_none=True)
+    min_order_total = Money(minimum="0", allow_none=True)
     is_active = fields.Boolean()
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -82,7 +84,7 @@ class CouponListCampaignSchema(Schema):
     id = fields.Integer()
     name = fields.String()
     discount_type = fields.String()
-    discount_value = fields.Decimal(as_string=True, places=2)
+    discount_value = Money()
     currency = fields.String()
 
 

@@ -18,7 +18,7 @@ from flask_smorest import Blueprint
 
 from coupons.api.common import BEARER, current_principal, error_response, require_role
 from coupons.api.lean import documented, json_body, redemption_body, respond
-from coupons.api.schemas import ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
+from coupons.api.schemas import ROW_ID, ApiErrorSchema, RedeemRequestSchema, RedemptionSchema
 from coupons.appsettings import settings_of
 from coupons.db import transaction
 from coupons.errors import ServiceError
@@ -41,7 +41,12 @@ _KEY_DOC: Final = {
             "in": "header",
             "name": IDEMPOTENCY_HEADER,
             "required": False,
-            "schema": {"type": "string", "maxLength": idempotency.MAX_KEY_LENGTH},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": idempotency.MAX_KEY_LENGTH,
+                "pattern": r"\S",  # a blank key is refused: 400 invalid_idempotency_key
+            },
             "description": (
                 "Retry-safe key: the same key and body replay the first response for 24 h; "
                 "the same key with another body is refused with 422 idempotency_key_reused."
@@ -130,7 +135,7 @@ def redeem() -> Response:
     return result if isinstance(result, Response) else respond(201, redemption_body(result))
 
 
-@blp.route("/redemptions/<int:redemption_id>", methods=["GET"])
+@blp.route(f"/redemptions/<{ROW_ID}:redemption_id>", methods=["GET"])
 @require_role(Role.SERVICE)
 @blp.response(200, RedemptionSchema)
 @blp.alt_response(404, schema=ApiErrorSchema, description="redemption_not_found")
@@ -139,7 +144,7 @@ def get_redemption(redemption_id: int) -> RedemptionView:
     return service.get_redemption(redemption_id)
 
 
-@blp.route("/redemptions/<int:redemption_id>/rollback", methods=["POST"])
+@blp.route(f"/redemptions/<{ROW_ID}:redemption_id>/rollback", methods=["POST"])
 @documented(
     blp.response(200, RedemptionSchema),
     blp.alt_response(404, schema=ApiErrorSchema, description="redemption_not_found"),

@@ -23,6 +23,9 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+from werkzeug import exceptions as http_errors
+from werkzeug.routing import IntegerConverter
+from werkzeug.routing import ValidationError as RouteValidationError
 
 from coupons.models import DiscountType
 
@@ -30,6 +33,9 @@ MAX_MONEY = decimal.Decimal("9999999999.99")
 #: The integer columns are 32-bit (INTEGER / INT): a larger value is refused here (422)
 #: instead of reaching the database (MariaDB 1264, a 500).
 MAX_INT = 2_147_483_647
+#: The converter name of an id in a route (``/campaigns/<row_id:campaign_id>``), see
+#: :class:`RowIdConverter`.
+ROW_ID = "row_id"
 CODE_REGEX = r"^\s*[A-Za-z0-9-]{3,64}\s*$"
 #: The documented money pattern, ASCII digits only: Arabic-Indic or fullwidth digits,
 #: "8_0.00", "1e2" and " 12.50" are refused (Python's Decimal accepts each of them).
@@ -39,6 +45,30 @@ MONEY_PATTERN = re.compile(r"[0-9]+(\.[0-9]{1,2})?", re.ASCII)
 #: inside MariaDB's DATETIME (years 1000-9999).
 EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
+
+
+class RowIdConverter(IntegerConverter):
+    """An id in a route: ASCII digits, 1..:data:`MAX_INT`; anything else is a 404.
+
+    A larger id never reaches the driver (SQLite raised OverflowError, a 500). Out of range
+    raises NotFound instead of Werkzeug's ValidationError: with the latter, a PATCH to
+    ``/campaigns/99999999999`` answered 405 (the GET rule of the same path matched the
+    pattern and recorded its method) while the GET answered 404.
+    """
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(map, min=1, max=MAX_INT)
+
+    def to_python(self, value: str) -> Any:
+        try:
+            return super().to_python(value)
+        except RouteValidationError:
+            raise http_errors.NotFound() from None
+
+
+def row_id_parameter_schema(converter: RowIdConverter) -> dict[str, Any]:
+    """How the document describes a :class:`RowIdConverter` path parameter."""
+    return {"type": "integer", "minimum": 1, "maximum": MAX_INT}
 
 
 class StrictInteger(fields.Integer):
@@ -139,14 +169,19 @@ def _currency(**kwargs: Any) -> fields.String:
     )
 
 
-def _when(**kwargs: Any) -> fields.AwareDateTime:
+def _when(description: str | None = None, **kwargs: Any) -> fields.AwareDateTime:
     """An ISO 8601 time; one without an offset is taken as UTC."""
-    return BoundedDateTime(
-        allow_none=True,
-        default_timezone=dt.UTC,
-        metadata={"example": "2025-03-01T00:00:00Z"},
-        **kwargs,
-    )
+    metadata: dict[str, Any] = {"example": "2025-03-01T00:00:00Z"}
+    if description is not None:
+        metadata["description"] = description
+    return BoundedDateTime(allow_none=True, default_timezone=dt.UTC, metadata=metadata, **kwargs)
+
+
+#: JSON Schema cannot compare two properties, so the document says it in words.
+_ENDS_AFTER_STARTS = (
+    "Must be strictly after starts_at when both are set (an empty window, ends_at equal to "
+    "starts_at, is refused: 422 validation_error / invalid_window)."
+)
 
 
 class ApiErrorBodySchema(Schema):
@@ -177,6 +212,14 @@ class CouponsApi(Api):  # type: ignore[misc]  # flask-smorest is untyped
     reference :class:`ApiErrorSchema`, not flask-smorest's ``{code, status, message, errors}``."""
 
     ERROR_SCHEMA = ApiErrorSchema
+
+    def _init_spec(self, *, extra_plugins: Any = None, **options: Any) -> None:
+        # every operation's error statuses and codes (coupons.api.error_responses)
+        from coupons.api.error_responses import ErrorResponsesPlugin
+
+        plugins = [*(extra_plugins or ()), ErrorResponsesPlugin()]
+        super()._init_spec(extra_plugins=plugins, **options)
+        self.register_converter(RowIdConverter, row_id_parameter_schema)
 
 
 # --------------------------------------------------------------------------- campaigns
@@ -211,7 +254,7 @@ class CampaignSchema(Schema):
     discount_value = Money(required=True)
     currency = _currency(required=True)
     starts_at = _when(load_default=None)
-    ends_at = _when(load_default=None)
+    ends_at = _when(_ENDS_AFTER_STARTS, load_default=None)
     max_redemptions = StrictInteger(
         allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_INT)
     )
@@ -245,7 +288,7 @@ class CampaignPatchSchema(Schema):
     discount_value = Money()
     currency = _currency()
     starts_at = _when()
-    ends_at = _when()
+    ends_at = _when(_ENDS_AFTER_STARTS)
     max_redemptions = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
     per_customer_limit = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_INT))
     min_order_total = Money(minimum="0", allow_none=True)
