@@ -83,7 +83,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
 from pooltender.lint.helpers import (
     calls_in,
     dotted,
@@ -281,11 +281,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("session",), ("commit", "flush")),
 )

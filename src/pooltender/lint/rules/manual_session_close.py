@@ -62,7 +62,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Fix, FixSafety, Rule
+from pooltender.lint.base import FileContext, Finding, Fix, FixSafety, module_rule
 from pooltender.lint.helpers import (
     dotted,
     is_db_session,
@@ -227,12 +227,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("session",), ("close",)),
     fix="safe",
 )

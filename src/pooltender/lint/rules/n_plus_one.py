@@ -48,7 +48,7 @@ from collections.abc import Iterator, Mapping
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
 from pooltender.lint.facts import NOT_ROWS
 from pooltender.lint.helpers import is_db_session, is_model_query, last_name, walk
 from pooltender.lint.scopes import file_kind
@@ -217,12 +217,8 @@ def helper_triggers(
     return (("for",), ("query", "scalars", *returning))
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("for",), ("query", "scalars")),
     helper_triggers=helper_triggers,
 )
