@@ -8,7 +8,6 @@ any of them adds the fleet budget. Exit codes: 0 healthy, 1 findings (warning or
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import click
 
 from pooltender.budget import FleetShape, WorkerModel
 from pooltender.cli.budget import budget_command
+from pooltender.cli.report_output import emit_report
 from pooltender.server.doctor import (
     EXIT_CANNOT_CONNECT,
     DoctorReport,
@@ -311,14 +311,9 @@ def doctor_command(
             users=users,
             pgbouncer=pgbouncer,
         )
-    except InspectionError as exc:
+    except (InspectionError, SettingsError, ValueError) as exc:
         raise DoctorCommandError(str(exc)) from None
-    except (SettingsError, ValueError) as exc:
-        raise DoctorCommandError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, default=str))
-    else:
-        render(report)
+    emit_report(report, as_json=as_json, render=render)
     raise click.exceptions.Exit(report.exit_code)
 
 

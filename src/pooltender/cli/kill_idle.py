@@ -6,10 +6,9 @@ server cannot be reached. URLs are printed with the password masked.
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from pooltender.cli.report_output import emit_report
 from pooltender.server.killer import KillReport, kill_idle
 from pooltender.server.snapshot import InspectionError
 
@@ -113,10 +112,7 @@ def kill_idle_command(
         )
     except (InspectionError, ValueError) as exc:
         raise KillIdleCommandError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, default=str))
-    else:
-        render(report)
+    emit_report(report, as_json=as_json, render=render)
     raise click.exceptions.Exit(EXIT_OK)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 
-__all__ = ["all_nodes", "nodes_of"]
+__all__ = ["all_nodes", "dotted_name", "last_name", "nodes_of"]
 
 
 def all_nodes(tree: ast.AST) -> list[ast.AST]:
@@ -40,3 +40,23 @@ def nodes_of(tree: ast.AST) -> list[ast.AST]:
         cached = all_nodes(tree)
         tree._pooltender_nodes = cached  # type: ignore[attr-defined]
     return cached
+
+
+def dotted_name(node: ast.AST) -> str | None:
+    """``a.b.c`` for a Name/Attribute chain, else None (the stdlib-``ast`` twin of
+    :func:`pooltender.lint.helpers.dotted`)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted_name(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def last_name(node: ast.AST) -> str | None:
+    """The final identifier of a Name/Attribute (``b`` for ``a.b``), else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None

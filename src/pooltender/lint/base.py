@@ -134,6 +134,31 @@ class Rule:
         return all(any(t in source for t in group) for group in groups)
 
 
+def module_rule(
+    module: str,
+    *,
+    triggers: tuple[tuple[str, ...], ...],
+    fix: FixSafety | None = None,
+    helper_triggers: (
+        Callable[[Mapping[str, FunctionSummary]], tuple[tuple[str, ...], ...]] | None
+    ) = None,
+) -> Rule:
+    """The :class:`Rule` a rule module declares: its ``CODE``, ``NAME``, ``SUMMARY``, its
+    docstring (the rule's documentation) and its ``check()``; call it at the module's end as
+    ``RULE = module_rule(__name__, triggers=...)``, so every rule is assembled the same way."""
+    declared = sys.modules[module]
+    return Rule(
+        code=declared.CODE,
+        name=declared.NAME,
+        summary=declared.SUMMARY,
+        doc=declared.__doc__ or "",
+        check=declared.check,
+        triggers=triggers,
+        fix=fix,
+        helper_triggers=helper_triggers,
+    )
+
+
 _TRIGGER_CACHE: dict[tuple[str, int], tuple[Mapping[str, object], tuple[tuple[str, ...], ...]]] = {}
 
 

@@ -8,7 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FunctionSummary"]
+__all__ = ["NOT_ROWS", "FunctionSummary"]
+
+#: Query methods that end a chain in something other than rows of the model (one row, a
+#: number, a page, a bulk statement): iterating their result is not a loop over rows.
+NOT_ROWS = frozenset(
+    {
+        "first",
+        "one",
+        "one_or_none",
+        "get",
+        "count",
+        "scalar",
+        "exists",
+        "paginate",
+        "with_entities",
+        "add_columns",
+        "values",
+        "first_or_404",
+        "get_or_404",
+        "delete",
+        "update",
+    }
+)
 
 
 @dataclass(frozen=True)

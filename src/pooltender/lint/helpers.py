@@ -99,6 +99,15 @@ def enclosing_function(ctx: FileContext, node: cst.CSTNode) -> cst.FunctionDef |
     return None
 
 
+def nearest_function(ctx: FileContext, node: cst.CSTNode) -> cst.FunctionDef | None:
+    """The innermost ``def`` among ``node``'s ancestors, looking through class bodies (unlike
+    :func:`enclosing_function`): for a class defined inside a function, that function."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.FunctionDef):
+            return anc
+    return None
+
+
 def walk(node: cst.CSTNode, *, into_functions: bool = False) -> Iterator[cst.CSTNode]:
     """``node`` and its descendants in source order, not entering nested defs/lambdas/classes
     unless ``into_functions``."""

@@ -23,7 +23,7 @@ import ast
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from pooltender.lint.astwalk import all_nodes, nodes_of
+from pooltender.lint.astwalk import all_nodes, dotted_name, last_name, nodes_of
 from pooltender.lint.rules.legacy_query_get import pin_decision
 from pooltender.lint.scopes import CONSUMER_WORDS as _CONSUMER_WORDS
 from pooltender.lint.scopes import file_kind, slow_kind_of
@@ -36,23 +36,6 @@ _SESSION_START = frozenset(
 _LOOP: tuple[type[ast.AST], ...] = (ast.For, ast.AsyncFor, ast.While)
 _FUNC: tuple[type[ast.AST], ...] = (ast.FunctionDef, ast.AsyncFunctionDef)
 _FOR: tuple[type[ast.AST], ...] = (ast.For, ast.AsyncFor)
-
-
-def _last(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
-
-
-def _dotted(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value)
-        return None if base is None else f"{base}.{node.attr}"
-    return None
 
 
 def _session_call(node: ast.AST, methods: Iterable[str]) -> bool:
@@ -133,11 +116,12 @@ def _maybe_long_running(loop: ast.AST) -> bool:
         return True
     if isinstance(loop, ast.For | ast.AsyncFor):
         for n in all_nodes(loop.iter):
-            name = _last(n.func) if isinstance(n, ast.Call) else _last(n)
+            name = last_name(n.func) if isinstance(n, ast.Call) else last_name(n)
             if name and (name.lower() in _CONSUMER_WORDS or name in ("iter", "count")):
                 return True
     return any(
-        isinstance(n, ast.Call) and (_last(n.func) or "").endswith("sleep") for n in all_nodes(loop)
+        isinstance(n, ast.Call) and (last_name(n.func) or "").endswith("sleep")
+        for n in all_nodes(loop)
     )
 
 
@@ -148,7 +132,7 @@ def _swallowing_handler(tr: ast.Try) -> bool:
         body = [n for stmt in handler.body for n in all_nodes(stmt)]
         if any(isinstance(n, ast.Raise) for n in body):
             continue
-        if any(isinstance(n, ast.Call) and _last(n.func) in _CLEANUP_CALLS for n in body):
+        if any(isinstance(n, ast.Call) and last_name(n.func) in _CLEANUP_CALLS for n in body):
             continue
         if any(_session_call(n, ("remove", "close")) for n in body):
             continue
@@ -171,7 +155,7 @@ def _pol003(f: _File) -> bool:
     return any(
         isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
         and any(
-            _last(d.func if isinstance(d, ast.Call) else d) in _WORKER_LAST
+            last_name(d.func if isinstance(d, ast.Call) else d) in _WORKER_LAST
             for d in n.decorator_list
         )
         and any(_session_call(c, ("commit",)) for c in all_nodes(n))
@@ -185,7 +169,7 @@ def _pol004(f: _File) -> bool:
         for n in f.nodes
     ) or any(
         isinstance(n, ast.Call)
-        and _last(n.func) in ("basic_consume", "register_callback", "add_callback")
+        and last_name(n.func) in ("basic_consume", "register_callback", "add_callback")
         for n in f.nodes
     )
     if text_callbacks:
@@ -228,7 +212,7 @@ def _legacy_get_methods(f: _File) -> frozenset[str]:
             continue
         recv = n.value
         if (isinstance(recv, ast.Attribute) and recv.attr == "query") or (
-            isinstance(recv, ast.Call) and _last(recv.func) == "query"
+            isinstance(recv, ast.Call) and last_name(recv.func) == "query"
         ):
             found.add(n.attr)
     return frozenset(found)
@@ -239,8 +223,8 @@ def _slow(call: ast.Call) -> bool:
     attr = f.attr if isinstance(f, ast.Attribute) else None
     inner = None
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call):
-        inner = _last(f.value.func)
-    return slow_kind_of(_dotted(f), attr, inner) is not None
+        inner = last_name(f.value.func)
+    return slow_kind_of(dotted_name(f), attr, inner) is not None
 
 
 def _functions_for_pol010(f: _File) -> tuple[tuple[bool, bool, frozenset[str]], ...]:
@@ -254,14 +238,14 @@ def _functions_for_pol010(f: _File) -> tuple[tuple[bool, bool, frozenset[str]], 
                 continue
             fn = n.func
             if isinstance(fn, ast.Attribute) and (
-                (fn.attr in _SESSION_START and _last(fn.value) == "session")
+                (fn.attr in _SESSION_START and last_name(fn.value) == "session")
                 or (isinstance(fn.value, ast.Attribute) and fn.value.attr == "query")
             ):
                 start = True
             elif _slow(n):
                 slow = True
             else:
-                name = _last(fn)
+                name = last_name(fn)
                 if name:
                     callees.add(name)
         if start or slow or callees:
@@ -372,7 +356,7 @@ def facts_of(
             called = frozenset(
                 name
                 for n in f.nodes
-                if isinstance(n, ast.Call) and (name := _last(n.func)) is not None
+                if isinstance(n, ast.Call) and (name := last_name(n.func)) is not None
             )
     functions: tuple[tuple[bool, bool, frozenset[str]], ...] = ()
     if "POL010" in wanted and f.kind != "test":

@@ -35,7 +35,7 @@ from pathlib import PurePath
 import libcst as cst
 
 from pooltender.lint.base import FileContext
-from pooltender.lint.helpers import decorator_names, dotted, last_name, walk
+from pooltender.lint.helpers import decorator_names, dotted, last_name, nearest_function, walk
 
 HTTP_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "options"})
 _ROUTE_LAST = frozenset({"route", "expose", "expose_plugview"})
@@ -92,15 +92,8 @@ def is_request_handler(ctx: FileContext, func: cst.FunctionDef) -> bool:
             bases = {last_name(b.value) or "" for b in cls.bases}
             if bases & _VIEW_BASES or any(b.endswith(("Resource", "View")) for b in bases):
                 return True
-        current = _outer_function(ctx, current)
+        current = nearest_function(ctx, current)
     return False
-
-
-def _outer_function(ctx: FileContext, node: cst.CSTNode) -> cst.FunctionDef | None:
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, cst.FunctionDef):
-            return anc
-    return None
 
 
 def _decorated_with(ctx: FileContext, func: cst.FunctionDef, names: frozenset[str]) -> bool:
@@ -108,7 +101,7 @@ def _decorated_with(ctx: FileContext, func: cst.FunctionDef, names: frozenset[st
     while current is not None:
         if any(last in names for _name, last in _decorated_by(current)):
             return True
-        current = _outer_function(ctx, current)
+        current = nearest_function(ctx, current)
     return False
 
 

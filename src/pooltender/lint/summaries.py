@@ -25,49 +25,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from pooltender.lint.astwalk import all_nodes
+from pooltender.lint.astwalk import all_nodes, dotted_name, last_name
+from pooltender.lint.facts import NOT_ROWS
 from pooltender.lint.facts import FunctionSummary as FunctionSummary
 from pooltender.lint.scopes import slow_kind_of
 
 _ENDS = frozenset({"commit", "rollback", "remove", "close"})
-_NOT_ROWS = frozenset(
-    {
-        "first",
-        "one",
-        "one_or_none",
-        "get",
-        "count",
-        "scalar",
-        "exists",
-        "paginate",
-        "with_entities",
-        "add_columns",
-        "values",
-        "first_or_404",
-        "get_or_404",
-        "delete",
-        "update",
-        "options",
-    }
-)
+_NOT_ROWS = NOT_ROWS | {"options"}  # here a chain that starts with ``options`` too
 _LOADERS = frozenset({"joinedload", "selectinload", "subqueryload", "contains_eager"})
-
-
-def _dotted(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value)
-        return None if base is None else f"{base}.{node.attr}"
-    return None
-
-
-def _last(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
 
 
 _UNRESOLVABLE = frozenset(
@@ -104,7 +69,7 @@ class _Facts:
         if isinstance(node, ast.Name):
             return node.id in self.db_names
         if isinstance(node, ast.Attribute):
-            name = _dotted(node)
+            name = dotted_name(node)
             if name is None:
                 return False
             if name in self.db_names:
@@ -122,7 +87,7 @@ class _Facts:
         if isinstance(owner, ast.Name) and owner.id[:1].isupper():
             return owner.id
         if isinstance(owner, ast.Attribute) and owner.attr[:1].isupper():
-            name = _dotted(owner)
+            name = dotted_name(owner)
             if name is not None and name.split(".", 1)[0] in self.imports:
                 return owner.attr
         return None
@@ -140,7 +105,7 @@ class _Facts:
                 if node.func.attr == "query" and len(node.args) == 1:
                     if methods[0] in _NOT_ROWS:
                         return None
-                    return _last(node.args[0])
+                    return last_name(node.args[0])
                 return None
             model = self.model_query(receiver)
             if model is not None:
@@ -193,8 +158,8 @@ def summarize_function(
                 attr = f.attr if isinstance(f, ast.Attribute) else None
                 inner = None
                 if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call):
-                    inner = _last(f.value.func)
-                slow = slow_kind_of(_dotted(f), attr, inner)
+                    inner = last_name(f.value.func)
+                slow = slow_kind_of(dotted_name(f), attr, inner)
         elif isinstance(node, ast.Return) and node.value is not None and returns is None:
             returns = facts.query_model(node.value)
     return FunctionSummary(touches, ends, returns, slow, frozenset(calls))

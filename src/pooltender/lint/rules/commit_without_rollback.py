@@ -83,8 +83,15 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
-from pooltender.lint.helpers import calls_in, dotted, last_name, session_method, walk
+from pooltender.lint.base import FileContext, Finding, module_rule
+from pooltender.lint.helpers import (
+    calls_in,
+    dotted,
+    last_name,
+    nearest_function,
+    session_method,
+    walk,
+)
 from pooltender.lint.scopes import (
     file_kind,
     is_cli_command,
@@ -164,13 +171,6 @@ def covered(call: cst.Call, ctx: FileContext) -> bool:
     return False
 
 
-def _function_of(ctx: FileContext, node: cst.CSTNode) -> cst.FunctionDef | None:
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, cst.FunctionDef):
-            return anc
-    return None
-
-
 def _loop_around(ctx: FileContext, node: cst.CSTNode) -> cst.While | cst.For | None:
     """The innermost long-running loop around ``node`` within its function."""
     for anc in ctx.ancestors(node):
@@ -228,7 +228,7 @@ def _swallowed(ctx: FileContext) -> Iterator[Finding]:
         ]
         if not writes:
             continue
-        func = _function_of(ctx, tr)
+        func = nearest_function(ctx, tr)
         in_request = func is not None and is_request_handler(ctx, func)
         in_loop = any(isinstance(a, cst.While | cst.For) for a in _within_function(ctx, tr))
         if func is not None and is_cli_command(ctx, func) and not in_loop:
@@ -260,7 +260,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
     for call in ctx.nodes(cst.Call):
         if session_method(call, ctx) != "commit" or covered(call, ctx):
             continue
-        func = _function_of(ctx, call)
+        func = nearest_function(ctx, call)
         if func is not None and is_request_handler(ctx, func):
             continue
         if _loop_around(ctx, call) is not None:
@@ -281,11 +281,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("session",), ("commit", "flush")),
 )

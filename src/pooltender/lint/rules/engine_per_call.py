@@ -55,7 +55,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
 from pooltender.lint.helpers import decorator_names, enclosing_function, keyword, last_name
 
 CODE = "POL005"
@@ -116,11 +116,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("create_engine", "create_async_engine"),),
 )

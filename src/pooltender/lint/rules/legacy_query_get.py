@@ -44,7 +44,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Fix, Rule
+from pooltender.lint.base import FileContext, Finding, Fix, module_rule
 from pooltender.lint.helpers import dotted, is_db_session, is_model_query, model_of_query
 from pooltender.lint.versions import Pins, show
 
@@ -159,12 +159,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         yield Finding(CODE, call, f"legacy Query.{method}(); use {right}", fix)
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("get",), ("query",)),
     fix="safe",
 )

@@ -60,7 +60,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
 from pooltender.lint.helpers import (
     is_db_session,
     is_model_query,
@@ -170,11 +170,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("session", "query"), ("while", "for", "callback", "on_message", "consume")),
 )

@@ -62,7 +62,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Fix, Rule
+from pooltender.lint.base import FileContext, Finding, Fix, FixSafety, module_rule
 from pooltender.lint.helpers import (
     dotted,
     is_db_session,
@@ -185,6 +185,16 @@ def _reused_after(expr: cst.Expr, ctx: FileContext) -> int | None:
     return None
 
 
+def _removing_close(
+    call: cst.Call, expr: cst.Expr, ctx: FileContext, safety: FixSafety, message: str
+) -> Finding:
+    """The finding on ``call``, with a fix of ``safety`` that deletes its statement ``expr``
+    (no fix where the statement cannot be removed on its own)."""
+    edits = removal_edits(ctx, expr)
+    fix = Fix(safety, edits, "remove the db.session.close() call") if edits else None
+    return Finding(CODE, call, message, fix)
+
+
 def check(ctx: FileContext) -> Iterator[Finding]:
     for call in ctx.nodes(cst.Call):
         if session_method(call, ctx) != "close":
@@ -194,37 +204,31 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             continue
         where = _redundant(expr, ctx)
         if where is not None:
-            edits = removal_edits(ctx, expr)
-            fix = Fix("safe", edits, "remove the db.session.close() call") if edits else None
-            yield Finding(
-                CODE,
+            yield _removing_close(
                 call,
+                expr,
+                ctx,
+                "safe",
                 f"redundant db.session.close() right {where} db.session.remove() (which closes "
                 "the session); delete it",
-                fix,
             )
             continue
         line = _reused_after(expr, ctx)
         if line is None:
             continue
-        edits = removal_edits(ctx, expr)
-        fix = Fix("unsafe", edits, "remove the db.session.close() call") if edits else None
-        yield Finding(
-            CODE,
+        yield _removing_close(
             call,
+            expr,
+            ctx,
+            "unsafe",
             f"db.session.close() in the middle of a unit of work: line {line} uses the session "
             "again (a new transaction; objects loaded before are detached); delete the close() "
             "and let teardown end the session",
-            fix,
         )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("session",), ("close",)),
     fix="safe",
 )

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Fix, Rule
+from pooltender.lint.base import FileContext, Finding, Fix, module_rule
 from pooltender.lint.helpers import has_star_kwargs, keyword, last_name, string_value
 
 CODE = "POL007"
@@ -89,12 +89,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("mysql",), ("create_engine", "create_async_engine")),
     fix="unsafe",
 )

@@ -48,7 +48,8 @@ from collections.abc import Iterator, Mapping
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
+from pooltender.lint.facts import NOT_ROWS
 from pooltender.lint.helpers import is_db_session, is_model_query, last_name, walk
 from pooltender.lint.scopes import file_kind
 from pooltender.lint.summaries import FunctionSummary
@@ -68,25 +69,6 @@ _LOADERS = frozenset(
         "noload",
         "lazyload",
         "defaultload",
-    }
-)
-_NOT_ROWS = frozenset(
-    {
-        "first",
-        "one",
-        "one_or_none",
-        "get",
-        "count",
-        "scalar",
-        "exists",
-        "paginate",
-        "with_entities",
-        "add_columns",
-        "values",
-        "first_or_404",
-        "get_or_404",
-        "delete",
-        "update",
     }
 )
 
@@ -140,12 +122,12 @@ def query_model(expr: cst.BaseExpression, ctx: FileContext) -> str | None:
                     break_out = _select_model(node.args[0].value)
                 else:
                     return None
-                if methods[0] in _NOT_ROWS or "options" in methods:
+                if methods[0] in NOT_ROWS or "options" in methods:
                     return None
                 return break_out
             if is_model_query(receiver, ctx):
                 assert isinstance(receiver, cst.Attribute)
-                if methods[0] in _NOT_ROWS or "options" in methods:
+                if methods[0] in NOT_ROWS or "options" in methods:
                     return None
                 return last_name(receiver.value)
             if method == "scalars":
@@ -235,12 +217,8 @@ def helper_triggers(
     return (("for",), ("query", "scalars", *returning))
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("for",), ("query", "scalars")),
     helper_triggers=helper_triggers,
 )

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule
+from pooltender.lint.base import FileContext, Finding, module_rule
 from pooltender.lint.helpers import int_value, string_value
 
 CODE = "POL006"
@@ -104,11 +104,7 @@ def check(ctx: FileContext) -> Iterator[Finding]:
             )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("pool_size", "max_overflow", "POOL_SIZE", "MAX_OVERFLOW"),),
 )

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Fix, Replacement, Rule
+from pooltender.lint.base import FileContext, Finding, Fix, Replacement, module_rule
 from pooltender.lint.helpers import (
     enclosing_function,
     keyword,
@@ -177,12 +177,8 @@ def check(ctx: FileContext) -> Iterator[Finding]:
         )
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(("Session(", "sessionmaker", "create_scoped_session", "create_session"),),
     fix="unsafe",
 )

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from pooltender.lint.base import FileContext, Finding, Rule, iter_children
+from pooltender.lint.base import FileContext, Finding, iter_children, module_rule
 from pooltender.lint.helpers import is_model_query, last_name, session_method, walk
 from pooltender.lint.scopes import file_kind, is_cli_command, slow_kind
 from pooltender.lint.summaries import FunctionSummary
@@ -312,12 +312,8 @@ def helper_triggers(
     return (_HOLD_WORDS + holders, _SLOW_WORDS + slow)
 
 
-RULE = Rule(
-    code=CODE,
-    name=NAME,
-    summary=SUMMARY,
-    doc=__doc__ or "",
-    check=check,
+RULE = module_rule(
+    __name__,
     triggers=(_HOLD_WORDS, _SLOW_WORDS),
     helper_triggers=helper_triggers,
 )
