@@ -91,11 +91,13 @@ def read_core(fn: Callable[[Connection], T]) -> T:
     returns (its transaction rolled back by the pool) before ``read_core`` returns, so the
     caller serializes with no connection held, and each call reads a fresh snapshot.
     """
-    session = db.session()
-    if session.new or session.dirty or session.deleted:
-        raise RuntimeError("read_core started with unflushed changes pending in db.session")
-    if session.in_transaction():
-        session.rollback()
+    registry = db.session.registry
+    if registry.has():  # (no session made just to find it empty: the usual validate / get)
+        session = registry()
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("read_core started with unflushed changes pending in db.session")
+        if session.in_transaction():
+            session.rollback()
     with db.engine.connect() as connection:
         return fn(connection)
 
