@@ -364,8 +364,11 @@ class StackTracker:
         with self._lock:
             tracked.open = False
             self._live.pop(tracked.seq, None)
+        collected = tracked.proxy_ref() is None
+        if not (collected or tracked.reported):
+            return  # the usual checkin: nothing to tell
         held = (now_ns - tracked.started_ns) / 1e9
-        if tracked.proxy_ref() is None:
+        if collected:
             self._sink.gc_returned(
                 GcReturnReport(
                     seq=tracked.seq,

@@ -334,7 +334,7 @@ class WatchedQueuePool(QueuePool):
                 if hot.observers:
                     hot.watch._observe("use", held_for)
                 if tracked is not None:
-                    hot.watch._tracker.on_checkin(tracked, now)
+                    hot.tracker.on_checkin(tracked, now)  # = watch._tracker, no property call
         # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
         try:
             self._pool.put(record, False)
