@@ -14,8 +14,9 @@ In order (``NAME`` picks some; ``lint_speed`` runs only when named):
 ``lint_speed``       ``pooltender lint`` over the standard library (not part of ``make bench``)
 
 Each prints its own tables; this runner prints the load average and the time around each,
-and writes ``bench_run.json`` (exit codes, times, load averages, request_cpu's JSON) next to
-the service benchmark's output (docs/benchmarks/, or var/bench-quick/ with ``--quick``).
+request_cpu's targets as MET / NOT MET at the end, and writes ``bench_run.json`` (exit
+codes, times, load averages, request_cpu's JSON) next to the service benchmark's output
+(docs/benchmarks/, or var/bench-quick/ with ``--quick``).
 The whole default run is sized to finish in under 20 minutes on 2 cores.
 """
 
@@ -133,8 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         report["request_cpu"] = json.loads(cpu_json.read_text())
     report["seconds"] = round(time.monotonic() - started, 1)
     (out / "bench_run.json").write_text(json.dumps(report, indent=1) + "\n")
+    if "request_cpu" in report:
+        print("\n" + "\n".join(request_cpu_summary(report["request_cpu"])))
     print(f"\nmake bench: {report['seconds']:.0f} s in all, {failed} failed")
     return 1 if failed else 0
+
+
+def request_cpu_summary(document: dict[str, Any]) -> list[str]:
+    """request_cpu's targets (from its ``--json`` document) as MET / NOT MET lines."""
+    load = document.get("load_average", {})
+    before, after = load.get("before", [0.0]), load.get("after", [0.0])
+    lines = [f"request CPU targets (load average {before[0]:.2f} before, {after[0]:.2f} after):"]
+    for row in document.get("targets", []):
+        value = row["value"]
+        shown = f"{value:.1%}" if row["limit"] < 1 else f"{value:.2f}x"
+        lines.append(f"  {'MET' if row['met'] else 'NOT MET':<8} {row['target']}: {shown}")
+    return lines
 
 
 def _load() -> str:

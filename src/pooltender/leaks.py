@@ -96,13 +96,16 @@ _is_library: dict[CodeType, bool] = {}
 def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
     """The hot-path half of :func:`capture_stack`: ``(code, line)`` pairs, innermost first.
 
-    Walks ``sys._getframe`` directly and remembers per code object whether it is library
-    code, so a checkout costs a few attribute reads per frame. Code objects (not frames) are
-    kept, so no local variables are held alive.
+    Walks ``sys._getframe`` directly. The innermost library frames (the pool, the engine,
+    the session, us: between the checkout and the user's code) are skipped by a per-code
+    object memo; from the first user frame on, ``limit`` frames are taken as they come, with
+    no test per frame, and a library frame among them (a Flask-SQLAlchemy or test-runner
+    frame further out) is dropped only by :func:`materialize`, when a report is written. So
+    a checkout costs a few attribute reads per frame. Code objects (not frames) are kept,
+    so no local variables are held alive.
     """
     skip = _skip_prefixes or _library_prefixes()
     known = _is_library
-    frames: list[tuple[CodeType, int]] = []
     frame: FrameType | None = sys._getframe(depth)
     while frame is not None:
         code = frame.f_code
@@ -110,16 +113,35 @@ def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
         if library is None:
             library = known[code] = code.co_filename.startswith(skip)
         if not library:
-            frames.append((code, frame.f_lineno))
-            if len(frames) >= limit:
-                break
+            break
+        frame = frame.f_back
+    frames: list[tuple[CodeType, int]] = []
+    append = frames.append
+    for _ in range(limit):
+        if frame is None:
+            break
+        append((frame.f_code, frame.f_lineno))
         frame = frame.f_back
     return tuple(frames)
 
 
+def _library_code(code: CodeType) -> bool:
+    library = _is_library.get(code)
+    if library is None:
+        library = _is_library[code] = code.co_filename.startswith(
+            _skip_prefixes or _library_prefixes()
+        )
+    return library
+
+
 def materialize(raw: RawStack) -> Stack:
-    """Turn a raw stack into :class:`StackFrame` tuples (done only when reporting)."""
-    return tuple(StackFrame(code.co_filename, line, code.co_name) for code, line in raw)
+    """Turn a raw stack into :class:`StackFrame` tuples, library frames dropped (done only
+    when reporting)."""
+    return tuple(
+        StackFrame(code.co_filename, line, code.co_name)
+        for code, line in raw
+        if not _library_code(code)
+    )
 
 
 def capture_stack(limit: int = STACK_LIMIT) -> Stack:
@@ -342,8 +364,11 @@ class StackTracker:
         with self._lock:
             tracked.open = False
             self._live.pop(tracked.seq, None)
+        collected = tracked.proxy_ref() is None
+        if not (collected or tracked.reported):
+            return  # the usual checkin: nothing to tell
         held = (now_ns - tracked.started_ns) / 1e9
-        if tracked.proxy_ref() is None:
+        if collected:
             self._sink.gc_returned(
                 GcReturnReport(
                     seq=tracked.seq,

@@ -334,7 +334,7 @@ class WatchedQueuePool(QueuePool):
                 if hot.observers:
                     hot.watch._observe("use", held_for)
                 if tracked is not None:
-                    hot.watch._tracker.on_checkin(tracked, now)
+                    hot.tracker.on_checkin(tracked, now)  # = watch._tracker, no property call
         # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
         try:
             self._pool.put(record, False)
@@ -756,6 +756,11 @@ class PoolWatch:
         """``unit`` ended: what it still holds is returned (to be reported once) and from now
         on owned by nobody, so no later owner is counted as holding it; None if nothing."""
         hot = self._hot
+        if unit not in hot.held:
+            # the usual end of a request: nothing out. Only the unit's own context checks
+            # out for it and that context is ending, so no entry can appear meanwhile; the
+            # membership test is one atomic dict read, and this path takes no lock.
+            return None
         with hot.lock:
             held = hot.held.pop(unit, 0)
         if not held:

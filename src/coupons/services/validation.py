@@ -2,8 +2,9 @@
 
 Both are one Core statement built at import (a join of the coupon with its campaign, and
 for validation the customer's usage through an outer join), run in a read transaction that
-ends before the caller serializes anything (:func:`coupons.db.read`). The answers are
-advisory: a concurrent redemption may take the last use before the caller redeems; only
+ends before the caller serializes anything (:func:`coupons.db.read_core`: on the connection
+itself, without the session's machinery). The answers are advisory: a concurrent redemption
+may take the last use before the caller redeems; only
 :func:`coupons.services.redemptions.redeem` decides, atomically.
 """
 
@@ -15,8 +16,9 @@ from decimal import Decimal
 from typing import Any, Final, cast
 
 from sqlalchemy import and_, bindparam, select
+from sqlalchemy.engine import Connection
 
-from coupons.db import db, read
+from coupons.db import read_core
 from coupons.errors import Conflict, Unprocessable
 from coupons.models import utcnow
 from coupons.services.redemptions import campaigns, coupons, usage
@@ -96,13 +98,13 @@ def get_coupon(code: str) -> CouponView:
     if key is None:
         raise coupon_not_found_in_url()
 
-    def work() -> CouponView:
-        row = db.session.connection().execute(READ_COUPON, {"b_code": key}).first()
+    def work(connection: Connection) -> CouponView:
+        row = connection.execute(READ_COUPON, {"b_code": key}).first()
         if row is None:
             raise coupon_not_found_in_url()
         return coupon_view(row)
 
-    return read(work)
+    return read_core(work)
 
 
 def validate_coupon(
@@ -130,11 +132,11 @@ def validate_coupon(
     if key is None:
         return invalid(Refusal(Unprocessable, "coupon_not_found", COUPON_NOT_FOUND_MESSAGE))
 
-    def work() -> Any:
+    def work(connection: Connection) -> Any:
         params = {"b_code": key, "b_customer_id": customer_id}
-        return db.session.connection().execute(READ_FOR_VALIDATION, params).first()
+        return connection.execute(READ_FOR_VALIDATION, params).first()
 
-    row = read(work)  # the decision below needs no connection
+    row = read_core(work)  # the decision below needs no connection
     if row is None:
         return invalid(Refusal(Unprocessable, "coupon_not_found", COUPON_NOT_FOUND_MESSAGE))
     refused = refusal(cast(CampaignRules, row), order_total, now)

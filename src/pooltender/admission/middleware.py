@@ -91,6 +91,8 @@ class AdmissionMiddleware:
 
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` bypasses the limiter."""
+        if not path.startswith(self.exempt):  # one C call for the usual, admitted path
+            return False
         for prefix in self.exempt:
             if path.startswith(prefix) and (
                 len(path) == len(prefix) or prefix == "/" or path[len(prefix)] == "/"
