@@ -61,9 +61,10 @@ COUPONS = str(Path(sys.executable).with_name("coupons"))
 POOL_SIZE, MAX_OVERFLOW = 1, 0
 PREFETCH = 20
 HOT_CODES = 50
-#: ~10-15 s per configuration for one process on an idle 2-core machine (the 10,000-message
-#: test runs at a few hundred events/s with 4 processes); 6 configurations stay under 3 min.
-DEFAULT_EVENTS = 1500
+#: ~10-15 s per configuration for one process on an idle 2-core machine: a guess from smoke
+#: runs on the busy machine (~150-170 events/s with one process at a load average of 20+);
+#: 6 configurations then stay under 3 minutes. To be checked on the first quiet run.
+DEFAULT_EVENTS = 3000
 QUICK_EVENTS = 100
 
 
