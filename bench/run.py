@@ -1,6 +1,6 @@
 """``make bench``: the benchmarks of issue 10 in one run: ``python bench/run.py [--quick] [NAME]``.
 
-In order (``NAME`` picks some; ``lint_speed`` runs only when named):
+In order (``NAME`` picks some; ``lint_speed`` and ``consumers`` run only when named):
 
 ``service_load``     the coupons service under gunicorn per pool configuration, closed and open
                      loop (bench/service_load.py); first, while the machine is still quiet --
@@ -12,6 +12,8 @@ In order (``NAME`` picks some; ``lint_speed`` runs only when named):
                      stand-in app (bench/fleet_connections.py): the service must never contain
                      that bug, so BEFORE is measured only there
 ``lint_speed``       ``pooltender lint`` over the standard library (not part of ``make bench``)
+``consumers``        ``coupons consume`` with 1, 2, 4 processes on one RabbitMQ queue, hot
+                     campaign vs spread (bench/consumers.py; not part of ``make bench``)
 
 Each prints its own tables; this runner prints the load average and the time around each,
 request_cpu's targets as MET / NOT MET at the end, and writes ``bench_run.json`` (exit
@@ -34,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ORDER = ("service_load", "request_cpu", "watch_overhead", "fleet_before")
-OPTIONAL = ("lint_speed",)
+OPTIONAL = ("lint_speed", "consumers")
 
 
 def commands(quick: bool, out: Path, passthrough: list[str]) -> dict[str, list[str] | None]:
@@ -82,6 +84,14 @@ def commands(quick: bool, out: Path, passthrough: list[str]) -> dict[str, list[s
             "3" if quick else "8",
         ],
         "lint_speed": [py, str(HERE / "lint_speed.py")],
+        "consumers": [
+            py,
+            str(HERE / "consumers.py"),
+            *(["--quick"] if quick else []),
+            "--out",
+            str(out / "consumers.json"),
+            *passthrough,
+        ],
     }
 
 
