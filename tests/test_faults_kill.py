@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, select, text
@@ -24,8 +23,8 @@ from sqlalchemy.pool import NullPool
 
 from coupons import create_app
 from coupons.db import db
-from coupons.migrate import upgrade
 from coupons.models import Campaign, Coupon, IdempotencyKey, Redemption, Role
+from tests._faults import migrated_private_mariadb, uncapped_code
 from tests.conftest import make_settings
 from tests.pooltender._servers import PrivateMariaDB
 from tests.test_faults import user_headers
@@ -35,11 +34,7 @@ ROUNDS = 6
 API = "/api/v1"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PrivateMariaDB]:
-    with PrivateMariaDB() as private:
-        upgrade(private.url)
-        yield private
+server = pytest.fixture(scope="module", name="server")(migrated_private_mariadb)
 
 
 @pytest.mark.fault
@@ -48,21 +43,7 @@ def test_connections_killed_under_load_never_answer_500(server: PrivateMariaDB) 
     client = app.test_client()
     admin = user_headers(app, Role.ADMIN)
     service = user_headers(app, Role.SERVICE)
-    created = client.post(
-        f"{API}/campaigns",
-        json={
-            "name": "Kill",
-            "discount_type": "fixed",
-            "discount_value": "1.00",
-            "currency": "EUR",
-        },
-        headers=admin,
-    )
-    assert created.status_code == 201, created.get_json()
-    code = client.post(
-        f"{API}/campaigns/{created.get_json()['id']}/codes", json={"code": "KILL"}, headers=admin
-    )
-    assert code.status_code == 201
+    uncapped_code(client, admin, "Kill", "KILL")
 
     statuses: dict[int, int] = {}
     bad: list[tuple[int, object]] = []

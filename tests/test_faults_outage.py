@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -25,8 +24,8 @@ from sqlalchemy.pool import NullPool
 
 from coupons import create_app
 from coupons.db import db
-from coupons.migrate import upgrade
 from coupons.models import Campaign, Coupon, IdempotencyKey, Redemption, Role
+from tests._faults import migrated_private_mariadb, uncapped_code
 from tests.conftest import make_settings
 from tests.pooltender._servers import PrivateMariaDB
 from tests.test_faults import user_headers
@@ -46,11 +45,7 @@ class Attempt:
     body: dict[str, object] | None
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PrivateMariaDB]:
-    with PrivateMariaDB() as private:
-        upgrade(private.url)
-        yield private
+server = pytest.fixture(scope="module", name="server")(migrated_private_mariadb)
 
 
 @pytest.mark.fault
@@ -62,21 +57,7 @@ def test_a_stopped_database_is_503_then_recovers_with_an_exact_ledger(
     client = app.test_client()
     admin = user_headers(app, Role.ADMIN)
     service = user_headers(app, Role.SERVICE)
-    created = client.post(
-        f"{API}/campaigns",
-        json={
-            "name": "Outage",
-            "discount_type": "fixed",
-            "discount_value": "1.00",
-            "currency": "EUR",
-        },
-        headers=admin,
-    )
-    assert created.status_code == 201, created.get_json()
-    code = client.post(
-        f"{API}/campaigns/{created.get_json()['id']}/codes", json={"code": "OUTAGE"}, headers=admin
-    )
-    assert code.status_code == 201
+    uncapped_code(client, admin, "Outage", "OUTAGE")
 
     attempts: list[Attempt] = []
     told: dict[str, dict[str, object]] = {}  # order -> the 201 body the client got

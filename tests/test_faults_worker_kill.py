@@ -30,8 +30,8 @@ from sqlalchemy.pool import NullPool
 
 from coupons import create_app
 from coupons.db import db
-from coupons.migrate import upgrade
 from coupons.models import Campaign, Coupon, IdempotencyKey, Redemption, Role
+from tests._faults import migrated_private_mariadb, uncapped_code
 from tests.conftest import TEST_SECRET, make_settings
 from tests.pooltender._servers import PrivateMariaDB, free_port
 from tests.test_faults import user_headers
@@ -44,11 +44,7 @@ KILLS = 2
 API = "/api/v1"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PrivateMariaDB]:
-    with PrivateMariaDB() as private:
-        upgrade(private.url)
-        yield private
+server = pytest.fixture(scope="module", name="server")(migrated_private_mariadb)
 
 
 def _workers(process: subprocess.Popen[bytes]) -> list[int]:
@@ -122,16 +118,7 @@ def test_a_worker_killed_under_load_loses_nothing(
     client = app.test_client()
     admin = user_headers(app, Role.ADMIN)
     service = user_headers(app, Role.SERVICE)
-    created = client.post(
-        f"{API}/campaigns",
-        json={"name": "W", "discount_type": "fixed", "discount_value": "1.00", "currency": "EUR"},
-        headers=admin,
-    )
-    assert created.status_code == 201, created.get_json()
-    code = client.post(
-        f"{API}/campaigns/{created.get_json()['id']}/codes", json={"code": "WKILL"}, headers=admin
-    )
-    assert code.status_code == 201
+    uncapped_code(client, admin, "W", "WKILL")
     with app.app_context():
         db.engine.dispose()
 
