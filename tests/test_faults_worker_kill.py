@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,12 +31,11 @@ from coupons import create_app
 from coupons.db import db
 from coupons.models import Campaign, Coupon, IdempotencyKey, Redemption, Role
 from tests._faults import migrated_private_mariadb, uncapped_code
+from tests._serve import children, coupons_serve, serve_env
 from tests.conftest import TEST_SECRET, make_settings
 from tests.pooltender._servers import PrivateMariaDB, free_port
 from tests.test_faults import user_headers
-from tests.test_metrics_multiprocess import children
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 CLIENTS = 16
 WORKERS = 3
 KILLS = 2
@@ -55,57 +53,11 @@ def _workers(process: subprocess.Popen[bytes]) -> list[int]:
 @pytest.fixture
 def served(server: PrivateMariaDB, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": SRC,
-        "DATABASE_URL": server.url,
-        "COUPONS_ENV": "development",
-        "SECRET_KEY": TEST_SECRET,
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from coupons.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(WORKERS),
-                "--threads",
-                "2",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                if ok and len(_workers(process)) == WORKERS:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+    env = serve_env(server.url, SECRET_KEY=TEST_SECRET)
+    args = ["--workers", str(WORKERS), "--threads", "2"]
+    ready = lambda process: len(_workers(process)) == WORKERS  # noqa: E731
+    with coupons_serve(port, args, env, tmp_path / "gunicorn.log", ready=ready) as process:
         yield process, port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.mark.fault

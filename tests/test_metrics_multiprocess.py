@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,10 +23,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._serve import children, coupons_serve, serve_env
 from tests.pooltender._servers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
 SCRAPES = 20
 #: scrape numbers after which one worker is killed (gunicorn starts a new one)
 RECYCLE_AFTER = (6, 13)
@@ -42,14 +40,6 @@ def _get(url: str, token: str | None = None) -> str:
     wanted = urllib.request.Request(url, headers=headers)  # noqa: S310 - local test server
     with urllib.request.urlopen(wanted, timeout=20) as response:  # noqa: S310
         return str(response.read().decode())
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def environ_of(pid: int) -> dict[str, str]:
@@ -76,56 +66,12 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     port = free_port()
+    env = serve_env(f"sqlite:///{tmp_path / 'serve.db'}", POOLTENDER_METRICS_TOKEN=METRICS_TOKEN)
     log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": SRC,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "COUPONS_ENV": "development",
-        "SECRET_KEY": "a-test-secret-that-is-at-least-32-characters-long",
-        "POOLTENDER_METRICS_TOKEN": METRICS_TOKEN,
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # coupons serve must make its own
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from coupons.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                "--threads",
-                "2",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    served = Served(process, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                _get(f"{served.base}/healthz")
-                if len(served.workers()) == 2:
-                    break
-            except (OSError, ValueError):
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield served
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    args = ["--workers", "2", "--threads", "2"]
+    ready = lambda process: len(Served(process, "", log).workers()) == 2  # noqa: E731
+    with coupons_serve(port, args, env, log, ready=ready) as process:
+        yield Served(process, f"http://127.0.0.1:{port}", log)
 
 
 def traffic(base: str, requests: int = 24, threads: int = 6) -> None:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests._serve import coupons_serve, serve_env
 from tests.pooltender._servers import free_port
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -125,58 +124,17 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     if worker_class == "gevent":
         pytest.importorskip("gevent")
     port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": SRC,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "COUPONS_ENV": "development",
-        "SECRET_KEY": "a-test-secret-that-is-at-least-32-characters-long",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # admission settings reach the workers through the environment, as in production
-    env.update(POOLTENDER_ADMISSION_LIMIT="fixed", POOLTENDER_ADMISSION_INITIAL="3")
-    env["POOLTENDER_METRICS_TOKEN"] = METRICS_TOKEN
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from coupons.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--threads",
-                "4",
-                "--worker-class",
-                worker_class,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"{base}/healthz")
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-                time.sleep(0.2)
-        yield worker_class, base, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    env = serve_env(
+        f"sqlite:///{tmp_path / 'serve.db'}",
+        POOLTENDER_ADMISSION_LIMIT="fixed",
+        POOLTENDER_ADMISSION_INITIAL="3",
+        POOLTENDER_METRICS_TOKEN=METRICS_TOKEN,
+    )
+    log = tmp_path / "gunicorn.log"
+    args = ["--workers", "1", "--threads", "4", "--worker-class", worker_class]
+    with coupons_serve(port, args, env, log, timeout=60, stop_timeout=30):
+        yield worker_class, f"http://127.0.0.1:{port}", log
 
 
 def test_coupons_serve_admits_requests_under_each_worker_class(
