@@ -8,10 +8,11 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -156,6 +157,21 @@ def _flush_status(server: PrivateMariaDB) -> None:
     engine.dispose()
 
 
+def _doctor_once_the_refused_thread_is_gone(server: PrivateMariaDB) -> Result:
+    """Run doctor through the server's one SUPER slot (max_connections + 1).
+
+    MariaDB counts a refused client's thread until that thread has finished tearing down, so a
+    doctor started right after the refusal can itself meet 1040 on a loaded machine. The
+    operator would simply run it again; so does this helper, for up to ten seconds.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        result = CliRunner().invoke(main, ["doctor", server.url])
+        if "Too many connections" not in result.output or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
 def test_saturated_server_reports_the_limit_and_the_fix(private: PrivateMariaDB) -> None:
     _flush_status(private)
     engine = create_engine(_app_url(private), poolclass=NullPool)
@@ -165,7 +181,7 @@ def test_saturated_server_reports_the_limit_and_the_fix(private: PrivateMariaDB)
             held.append(engine.connect())
         with pytest.raises(DBAPIError, match="Too many connections"):
             engine.connect()
-        result = CliRunner().invoke(main, ["doctor", private.url])
+        result = _doctor_once_the_refused_thread_is_gone(private)
         assert result.exit_code == 1, result.output
         out = result.output
         assert "CRITICAL" in out
