@@ -63,12 +63,19 @@ class CouponListQuerySchema(KeysetQuerySchema):
     )
 
 
-class CampaignListItemSchema(Schema):
+class CouponListCampaignSchema(Schema):
+    """The campaign fields a listed coupon carries; a listed campaign starts with the same."""
+
     id = fields.Integer()
     name = fields.String()
     discount_type = fields.String()
     discount_value = Money()
     currency = fields.String()
+
+
+class CampaignListItemSchema(CouponListCampaignSchema):
+    """A listed campaign: the fields of :class:`CouponListCampaignSchema`, then the rest."""
+
     starts_at = fields.DateTime(allow_none=True)
     ends_at = fields.DateTime(allow_none=True)
     max_redemptions = fields.Integer(allow_none=True)
@@ -78,14 +85,6 @@ class CampaignListItemSchema(Schema):
     is_active = fields.Boolean()
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
-
-
-class CouponListCampaignSchema(Schema):
-    id = fields.Integer()
-    name = fields.String()
-    discount_type = fields.String()
-    discount_value = Money()
-    currency = fields.String()
 
 
 class CouponListItemSchema(Schema):
