@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import libcst as cst
 
@@ -503,16 +504,22 @@ def lint_source(
 # -- files -----------------------------------------------------------------------------------
 
 
+class FileOptions(TypedDict, total=False):
+    """The keyword options :func:`lint_file` hands to :func:`lint_source` unchanged (one list
+    of them for the file, the worker task and the call; their defaults are lint_source's)."""
+
+    summaries: Mapping[str, FunctionSummary] | None
+    syntax_ok: bool
+    fix: bool
+    unsafe_fixes: bool
+    all_rules: bool
+
+
 def lint_file(
     path: Path,
     config: LintConfig,
     relationships: Mapping[str, bool] | None = None,
-    *,
-    summaries: Mapping[str, FunctionSummary] | None = None,
-    syntax_ok: bool = False,
-    fix: bool = False,
-    unsafe_fixes: bool = False,
-    all_rules: bool = False,
+    **options: Unpack[FileOptions],
 ) -> FileResult:
     """Lint one file; with ``fix`` the file is rewritten in its own encoding. ``syntax_ok``:
     the engine's first pass parsed it cleanly (the syntax check is not repeated)."""
@@ -524,17 +531,7 @@ def lint_file(
             violations = (Violation(shown, 1, 1, "POL000", error or "cannot read file"),)
         return FileResult(shown, violations)
     try:
-        result = lint_source(
-            text,
-            shown,
-            config,
-            relationships=relationships,
-            summaries=summaries,
-            syntax_ok=syntax_ok,
-            fix=fix,
-            unsafe_fixes=unsafe_fixes,
-            all_rules=all_rules,
-        )
+        result = lint_source(text, shown, config, relationships=relationships, **options)
     except Exception as exc:  # last line of defence: never crash the run
         crash = Violation(shown, 1, 1, "POL999", f"internal error: {type(exc).__name__}: {exc}")
         return FileResult(shown, (crash,), _count_lines(text), crashed=True)
@@ -544,30 +541,12 @@ def lint_file(
     return result
 
 
-_Task = tuple[
-    Path,
-    LintConfig,
-    Mapping[str, bool],
-    Mapping[str, FunctionSummary],
-    bool,
-    bool,
-    bool,
-    bool,
-]
+_Task = tuple[Path, LintConfig, Mapping[str, bool], FileOptions]
 
 
 def _worker(args: _Task) -> FileResult:
-    path, config, rels, summaries, syntax_ok, fix, unsafe, all_rules = args
-    return lint_file(
-        path,
-        config,
-        rels,
-        summaries=summaries,
-        syntax_ok=syntax_ok,
-        fix=fix,
-        unsafe_fixes=unsafe,
-        all_rules=all_rules,
-    )
+    path, config, rels, options = args
+    return lint_file(path, config, rels, **options)
 
 
 def lint_paths(
@@ -604,9 +583,10 @@ def lint_paths(
     summaries = merge_maps(per_file)
     rels.update(dict.fromkeys(config.relationships, True))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    tasks: list[_Task] = [
-        (f, config, rels, summaries, f in parsed, fix, unsafe_fixes, all_rules) for f in files
-    ]
+    options = FileOptions(
+        summaries=summaries, fix=fix, unsafe_fixes=unsafe_fixes, all_rules=all_rules
+    )
+    tasks: list[_Task] = [(f, config, rels, {**options, "syntax_ok": f in parsed}) for f in files]
     report = LintReport()
     if workers > 1 and len(files) >= PARALLEL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
