@@ -28,12 +28,13 @@ def render(report: KillReport) -> None:
 
     console = Console(highlight=False)
     verb = "killed" if report.applied else "would kill"
-    scope = f"idle >= {report.older_than:g} s"
-    if report.user:
-        scope += f", user {report.user}"
-    if report.host:
-        scope += f", host {report.host}"
-    if report.include_idle_in_transaction:
+    match = report.match
+    scope = f"idle >= {match.older_than:g} s"
+    if match.user:
+        scope += f", user {match.user}"
+    if match.host:
+        scope += f", host {match.host}"
+    if match.include_idle_in_transaction:
         scope += ", including idle in transaction"
     console.print(f"{report.url}: {scope}", markup=False)
     table = Table(title=f"Connections pooltender {verb}", title_justify="left")

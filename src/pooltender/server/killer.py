@@ -46,6 +46,7 @@ from pooltender.server.snapshot import (
 from pooltender.text import first_line, mask_url, scrub
 
 __all__ = [
+    "IdleMatch",
     "KillReport",
     "kill_idle",
     "select_idle",
@@ -54,15 +55,43 @@ __all__ = [
 
 
 @dataclass(frozen=True, kw_only=True)
+class IdleMatch:
+    """Which connections count as idle enough to end (see module doc): the one value the
+    selection, the re-check right before each kill and the report all read."""
+
+    older_than: float
+    user: str | None = None
+    host: str | None = None
+    include_idle_in_transaction: bool = False
+
+    def matches(self, c: ServerConnection) -> bool:
+        """``c`` is a client connection, not ours, idle long enough, of ``user`` / ``host``."""
+        if c.kind != CLIENT or c.is_self:
+            return False
+        idle = c.state == IDLE or (self.include_idle_in_transaction and c.is_idle_in_transaction)
+        return (
+            idle
+            and c.seconds_in_state >= self.older_than
+            and (self.user is None or c.user == self.user)
+            and (self.host is None or c.host == self.host)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "older_than": self.older_than,
+            "user": self.user,
+            "host": self.host,
+            "include_idle_in_transaction": self.include_idle_in_transaction,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class KillReport:
-    """What :func:`kill_idle` selected and (with ``applied``) what it ended."""
+    """What :func:`kill_idle` selected (by ``match``) and (with ``applied``) what it ended."""
 
     url: str
     backend: str
-    older_than: float
-    user: str | None
-    host: str | None
-    include_idle_in_transaction: bool
+    match: IdleMatch
     applied: bool
     candidates: tuple[ServerConnection, ...]
     killed: tuple[int, ...] = ()
@@ -75,10 +104,7 @@ class KillReport:
         return {
             "url": self.url,
             "backend": self.backend,
-            "older_than": self.older_than,
-            "user": self.user,
-            "host": self.host,
-            "include_idle_in_transaction": self.include_idle_in_transaction,
+            **self.match.to_json(),
             "applied": self.applied,
             "candidates": [c.to_json() for c in self.candidates],
             "killed": list(self.killed),
@@ -93,38 +119,9 @@ class KillReport:
         }
 
 
-def select_idle(
-    snapshot: ServerSnapshot,
-    *,
-    older_than: float,
-    user: str | None = None,
-    host: str | None = None,
-    include_idle_in_transaction: bool = False,
-) -> tuple[ServerConnection, ...]:
+def select_idle(snapshot: ServerSnapshot, match: IdleMatch) -> tuple[ServerConnection, ...]:
     """The connections of ``snapshot`` that :func:`kill_idle` would end (see module doc)."""
-    return tuple(
-        c
-        for c in snapshot.connections
-        if _matches(c, older_than, user, host, include_idle_in_transaction)
-    )
-
-
-def _matches(
-    c: ServerConnection,
-    older_than: float,
-    user: str | None,
-    host: str | None,
-    include_idle_in_transaction: bool,
-) -> bool:
-    if c.kind != CLIENT or c.is_self:
-        return False
-    idle = c.state == IDLE or (include_idle_in_transaction and c.is_idle_in_transaction)
-    return (
-        idle
-        and c.seconds_in_state >= older_than
-        and (user is None or c.user == user)
-        and (host is None or c.host == host)
-    )
+    return tuple(c for c in snapshot.connections if match.matches(c))
 
 
 def kill_idle(
@@ -143,31 +140,25 @@ def kill_idle(
     """
     if older_than < 0:
         raise ValueError(f"older_than must be >= 0 seconds, got {older_than}")
+    match = IdleMatch(
+        older_than=older_than,
+        user=user,
+        host=host,
+        include_idle_in_transaction=include_idle_in_transaction,
+    )
     engine = connect_for_inspection(target) if isinstance(target, str) else target
     raw_url = target if isinstance(target, str) else None
     shown = mask_url(raw_url) if raw_url else engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as connection:
             snapshot = take_snapshot(connection, url=raw_url)
-            candidates = select_idle(
-                snapshot,
-                older_than=older_than,
-                user=user,
-                host=host,
-                include_idle_in_transaction=include_idle_in_transaction,
-            )
+            candidates = select_idle(snapshot, match)
             connection.rollback()
             killed: list[int] = []
             failed: dict[int, str] = {}
             if apply:
                 for candidate in candidates:
-                    why = _kill(
-                        connection,
-                        snapshot.backend,
-                        candidate,
-                        older_than,
-                        include_idle_in_transaction,
-                    )
+                    why = _kill(connection, snapshot.backend, candidate, match)
                     if why is None:
                         killed.append(candidate.id)
                     else:
@@ -186,10 +177,7 @@ def kill_idle(
     return KillReport(
         url=snapshot.url,
         backend=snapshot.backend,
-        older_than=older_than,
-        user=user,
-        host=host,
-        include_idle_in_transaction=include_idle_in_transaction,
+        match=match,
         applied=apply,
         candidates=candidates,
         killed=tuple(killed),
@@ -203,14 +191,14 @@ def _kill(
     connection: Connection,
     backend: str,
     candidate: ServerConnection,
-    older_than: float,
-    include_idle_in_transaction: bool,
+    match: IdleMatch,
 ) -> str | None:
-    """End one connection after checking it again; ``None`` when done, else why not."""
+    """End one connection after checking it again (still idle by ``match``, same user);
+    ``None`` when done, else why not."""
     try:
         if backend == "postgresql":
             states = ["idle"]
-            if include_idle_in_transaction:
+            if match.include_idle_in_transaction:
                 states += ["idle in transaction", "idle in transaction (aborted)"]
             done = connection.execute(
                 text(
@@ -224,7 +212,7 @@ def _kill(
                     "pid": candidate.id,
                     "states": states,
                     "user": candidate.user,
-                    "older": older_than,
+                    "older": match.older_than,
                 },
             ).scalar_one_or_none()
             connection.commit()
@@ -241,7 +229,7 @@ def _kill(
         if (
             row is None
             or row[0] != "Sleep"
-            or float(row[1]) + 1 < older_than
+            or float(row[1]) + 1 < match.older_than
             or row[2] != candidate.user
         ):
             connection.rollback()
