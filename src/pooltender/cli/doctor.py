@@ -202,6 +202,11 @@ def _threshold_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _thresholds(options: dict[str, Any]) -> Thresholds:
+    """The :class:`Thresholds` the :data:`_THRESHOLD_FLAGS` options set (by parameter name)."""
+    return Thresholds(**{name: options[name] for _, name, _, _ in _THRESHOLD_FLAGS})
+
+
 _EPILOG = """\b
 Examples:
   pooltender doctor mysql+mysqldb://ops@db/app
@@ -249,11 +254,7 @@ def doctor_command(
     pool_recycle: int | None,
     pgbouncer: str | None,
     users: tuple[str, ...],
-    near_limit: float,
-    idle_after: float,
-    idle_per_group: int,
-    idle_in_transaction_after: float,
-    **fleet_options: Any,
+    **options: Any,
 ) -> None:
     """Diagnose a database server's connections: ranked findings with evidence and remedy.
 
@@ -280,31 +281,23 @@ def doctor_command(
     try:
         if given:
             fleet = FleetShape(
-                hosts=fleet_options["hosts"],
-                processes_per_host=fleet_options["processes"],
-                worker_model=WorkerModel(fleet_options["worker_model"]),
-                concurrency=fleet_options["concurrency"],
-                connections_per_request=fleet_options["connections_per_request"],
-                consumers=fleet_options["consumers"],
-                connections_per_consumer=fleet_options["consumer_connections"],
-                other_clients=fleet_options["other_clients"],
-                reserved=fleet_options["reserved"],
+                hosts=options["hosts"],
+                processes_per_host=options["processes"],
+                worker_model=WorkerModel(options["worker_model"]),
+                concurrency=options["concurrency"],
+                connections_per_request=options["connections_per_request"],
+                consumers=options["consumers"],
+                connections_per_consumer=options["consumer_connections"],
+                other_clients=options["other_clients"],
+                reserved=options["reserved"],
             )
             changes = {
-                k: fleet_options[k]
-                for k in ("pool_size", "max_overflow")
-                if fleet_options[k] is not None
+                k: options[k] for k in ("pool_size", "max_overflow") if options[k] is not None
             }
             settings = PoolSettings.from_env().with_values(**changes)
-        thresholds = Thresholds(
-            near_limit=near_limit,
-            idle_after=idle_after,
-            idle_per_group=idle_per_group,
-            idle_in_transaction_after=idle_in_transaction_after,
-        )
         report = doctor(
             url,
-            thresholds=thresholds,
+            thresholds=_thresholds(options),
             pool_recycle=pool_recycle,
             fleet=fleet,
             settings=settings,
