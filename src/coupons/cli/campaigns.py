@@ -112,18 +112,7 @@ class UtcTime(click.ParamType[dt.datetime]):
     help="Smallest order total the code applies to, e.g. 20.00.",
 )
 @click.option("--inactive", is_flag=True, help="Create it switched off (PATCH is_active later).")
-def create_campaign_command(
-    name: str,
-    discount_type: str,
-    discount_value: Decimal,
-    currency: str,
-    starts_at: dt.datetime | None,
-    ends_at: dt.datetime | None,
-    max_redemptions: int | None,
-    per_customer_limit: int | None,
-    min_order_total: Decimal | None,
-    inactive: bool,
-) -> None:
+def create_campaign_command(inactive: bool, **fields: Any) -> None:
     """Create a campaign in the database of DATABASE_URL and print its id.
 
     Times are ISO 8601 with an offset (2026-03-01T00:00:00Z) or a date (midnight UTC).
@@ -144,18 +133,8 @@ def create_campaign_command(
     try:
         with app.app_context():
             try:
-                campaign = create_campaign(
-                    name=name,
-                    discount_type=discount_type,
-                    discount_value=discount_value,
-                    currency=currency,
-                    starts_at=starts_at,
-                    ends_at=ends_at,
-                    max_redemptions=max_redemptions,
-                    per_customer_limit=per_customer_limit,
-                    min_order_total=min_order_total,
-                    is_active=not inactive,
-                )
+                # the options are named like the service's keywords (as the API's body is)
+                campaign = create_campaign(**fields, is_active=not inactive)
             except ServiceError as exc:
                 raise click.ClickException(exc.message) from None
     finally:
