@@ -371,6 +371,9 @@ def test_an_adopter_gets_the_core_alone_and_flask_works_with_its_own_extra(
         capture_output=True,
         text=True,
         timeout=300,
+        # not this checkout's PYTHONPATH: its src/pooltender.egg-info (an editable install's)
+        # would make pip see pooltender as installed already and install nothing
+        env=adopter_env(),
         check=False,
     )
     assert installed.returncode == 0, installed.stderr
