@@ -13,19 +13,23 @@ help:
 	@echo "make test   - install, start local servers if needed, lint, typecheck, run the suite"
 	@echo "make bench  - run the benchmarks in bench/ (~20 min; BENCH_ARGS=--quick for a smoke run)"
 
-$(STAMP): pyproject.toml
+# Two distributions from one checkout (docs/adopting.md): pooltender (.) and pooltender-coupons
+# (service/), both editable in the one venv. setuptools>=77 and wheel, the build backend, are
+# installed first so that tests/test_distributions.py can build wheels offline
+# (--no-build-isolation).
+$(STAMP): pyproject.toml service/pyproject.toml
 	@scripts/ensure-system-deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,mysql,postgres]'
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel
+	$(BIN)/python -m pip install -q -e '.[all,dev,mysql,postgres]' -e './service[mysql,postgres]'
 	@touch $(STAMP)
 
 services:
 	@scripts/ensure-services.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src service/src tests bench
+	$(BIN)/ruff format --check src service/src tests bench
 	$(BIN)/pooltender lint .
 
 typecheck: $(STAMP)

@@ -39,8 +39,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tests._paths import pythonpath  # importers put the repository root on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
 APP_USER = "coupons_bench"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 HOT_CAP = 100_000_000
@@ -401,9 +402,7 @@ class Service:
         self.env = {
             **base,
             **config_env,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p
-            ),
+            "PYTHONPATH": pythonpath(os.environ.get("PYTHONPATH")),
             "DATABASE_URL": database.app_url,
             "SECRET_KEY": secret_key,
             "COUPONS_ENV": "production",

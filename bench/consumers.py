@@ -50,12 +50,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
 
 from _service import ROOT, ProcessGroup, log_tail
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
+from tests._paths import pythonpath, use_source_trees
+
+use_source_trees()  # this checkout's pooltender and coupons, before any installed copy
 
 COUPONS = str(Path(sys.executable).with_name("coupons"))
 POOL_SIZE, MAX_OVERFLOW = 1, 0
@@ -261,7 +264,7 @@ def run_one(
         BROKER_URL=broker_url,
         COUPONS_ENV="test",
         SECRET_KEY=secret,
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p),
+        PYTHONPATH=pythonpath(env.get("PYTHONPATH")),
     )
     argv = [
         COUPONS,

@@ -33,6 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
+
+from tests._paths import pythonpath
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ORDER = ("service_load", "request_cpu", "watch_overhead", "fleet_before")
@@ -112,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / ("var/bench-quick" if args.quick else "docs/benchmarks")
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = pythonpath(env.get("PYTHONPATH"))
     cmds = commands(args.quick, out, ["--allow-busy"] if args.allow_busy else [])
     report: dict[str, Any] = {"quick": args.quick, "started_load": os.getloadavg(), "runs": []}
     started = time.monotonic()

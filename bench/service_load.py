@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
 
 import _prom
 from _samples import Summary, read_samples, summarize
@@ -69,6 +69,9 @@ from _service import (
     Service,
     log_tail,
 )
+from tests._paths import pythonpath, use_source_trees
+
+use_source_trees()  # this checkout's pooltender and coupons, before any installed copy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -462,9 +465,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitSta
         f"{database.server_max_connections}), database {database.name}"
     )
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("POOLTENDER_")}
-    base_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
-    )
+    base_env["PYTHONPATH"] = pythonpath(os.environ.get("PYTHONPATH"))
     database.migrate(base_env, tmp / "migrate.log")
     seed = database.seed(args.campaigns, args.codes_per_campaign, args.hot_codes)
     codes_file = tmp / "codes.txt"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from tests._paths import pythonpath
+
 SECRET = "a-test-secret-that-is-at-least-32-characters-long"
 
 
@@ -24,7 +25,7 @@ def serve_env(database_url: str, **extra: str) -> dict[str, str]:
     development mode, a fixed secret, a multiprocess dir of ``coupons serve``'s own."""
     env = {
         **os.environ,
-        "PYTHONPATH": SRC,
+        "PYTHONPATH": pythonpath(),
         "DATABASE_URL": database_url,
         "COUPONS_ENV": "development",
         "SECRET_KEY": SECRET,

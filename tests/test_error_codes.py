@@ -1,7 +1,7 @@
 """Every error code the service can answer with is in docs/architecture.md's table, once.
 
 The test walks the :class:`~coupons.errors.ServiceError` classes (every subclass, after
-importing every coupons module), then reads the source of src/coupons with ``ast`` for each
+importing every coupons module), then reads the source of service/src/coupons with ``ast`` for each
 place one is built with a literal code (``Unprocessable(..., code="x")``, or without one:
 the class's default), a subclass outside errors.py with its own ``code = "x"``, a
 ``Refusal(Conflict, "x", ...)``, an ``error_response(503, "x", ...)``), and adds the
@@ -21,9 +21,10 @@ from pathlib import Path
 import coupons
 from coupons.api import common
 from coupons.errors import ServiceError
+from tests._paths import SERVICE_SRC
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "src" / "coupons"
+SOURCE = SERVICE_SRC / "coupons"
 TABLE_HEADING = "## Error codes"
 
 
@@ -45,7 +46,7 @@ def _literal(node: ast.expr | None) -> str | None:
 
 
 def produced_codes() -> set[tuple[str, int]]:
-    """(code, status) of every error built with a literal code in src/coupons."""
+    """(code, status) of every error built with a literal code in service/src/coupons."""
     classes = error_classes()
     pairs: set[tuple[str, int]] = set()
     for path in SOURCE.rglob("*.py"):

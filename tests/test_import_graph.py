@@ -1,4 +1,5 @@
-"""The import graph of src/, built from the source with ``ast``: acyclic, and layered.
+"""The import graph of the checkout's two source trees (``src/``: pooltender,
+``service/src/``: coupons), built from the source with ``ast``: acyclic, and layered.
 
 Every ``import`` / ``from ... import`` at any depth counts -- inside functions, under
 ``if TYPE_CHECKING:``, in ``try`` blocks -- because a lazy import that closes a cycle only
@@ -13,7 +14,9 @@ The rules checked (docs/architecture.md, "Data flows one way"):
   1(2), 1972);
 * nothing in ``pooltender`` imports ``coupons`` (the library never knows its reference app);
 * nothing in ``pooltender`` outside ``pooltender.cli`` imports ``pooltender.cli`` (the
-  library never imports its own command line).
+  library never imports its own command line); ``pooltender.__main__``, the console
+  script's entry module, is part of the command line;
+* each tree holds only its own distribution's package (what lets them ship apart).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+from tests._paths import LIBRARY_SRC, SERVICE_SRC, SOURCE_TREES
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    tree = next(t for t in SOURCE_TREES if path.is_relative_to(t))
+    parts = list(path.relative_to(tree).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -38,7 +42,9 @@ def is_package(path: Path) -> bool:
     return path.name == "__init__.py"
 
 
-MODULES: dict[str, Path] = {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+MODULES: dict[str, Path] = {
+    module_name(p): p for tree in SOURCE_TREES for p in sorted(tree.rglob("*.py"))
+}
 
 
 def imports_of(source: str, name: str, package: bool) -> Iterator[tuple[str, int]]:
@@ -163,7 +169,8 @@ def test_resolution_of_relative_and_nested_imports() -> None:
     ]
     as_package = [t for t, _ in imports_of("from . import x", "pooltender.server", True)]
     assert as_package == ["pooltender.server", "pooltender.server.x"]
-    assert module_name(SRC / "pooltender" / "server" / "fake.py") == "pooltender.server.fake"
+    fake = LIBRARY_SRC / "pooltender" / "server" / "fake.py"
+    assert module_name(fake) == "pooltender.server.fake"
 
 
 #: Cycles known and owned by another piece of work, each with where it is closed. The test
@@ -189,7 +196,17 @@ def test_pooltender_never_imports_coupons_nor_its_cli(importer: str) -> None:
         if dst.split(".")[0] == "coupons"
         or (
             (dst == "pooltender.cli" or dst.startswith("pooltender.cli."))
-            and not (importer == "pooltender.cli" or importer.startswith("pooltender.cli."))
+            and not (
+                importer in ("pooltender.cli", "pooltender.__main__")
+                or importer.startswith("pooltender.cli.")
+            )
         )
     }
     assert not bad, f"{importer} imports {bad} (module -> line)"
+
+
+def test_each_source_tree_holds_only_its_own_distributions_package() -> None:
+    library = {p.name for p in LIBRARY_SRC.iterdir() if (p / "__init__.py").exists()}
+    service = {p.name for p in SERVICE_SRC.iterdir() if (p / "__init__.py").exists()}
+    assert library == {"pooltender"}
+    assert service == {"coupons"}

@@ -22,9 +22,10 @@ from sqlalchemy import text
 
 from pooltender.dashboard import DEFAULT_DASHBOARD_PATH
 from pooltender.flask import Pooltender
+from tests._paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
+SRC = pythonpath()  # both source trees: pooltender and coupons
 
 
 # ---------------------------------------------------------------- the dashboard on SQLite

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from tests._paths import pythonpath
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 #: The commands, in this order, that make a fresh database usable (the issue's sequence).
@@ -74,7 +76,7 @@ def test_the_readme_sequence_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> 
     }
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=str(ROOT / "src"),
+        PYTHONPATH=pythonpath(),
         COUPONS_PASSWORD="a long enough password for ops",
     )
     done = subprocess.run(

@@ -29,6 +29,7 @@ from coupons.api.signin import ADMIN_PAGE_COOKIE, SIGN_IN_PATH
 from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.services import auth
+from tests._paths import pythonpath
 from tests.conftest import empty_tables, make_settings
 
 PASSWORD = "Sign-in-pass-8c1f-not-logged"
@@ -337,7 +338,7 @@ def test_in_chromium_an_admin_signs_in_and_sees_the_dashboard(
 
 def test_the_demo_banner_and_the_readme_give_the_sign_in_url(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "COUPONS_ENV": "development"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "COUPONS_ENV": "development"}
     for key in ("DATABASE_URL", "BROKER_URL", "POOLTENDER_DASHBOARD", "SECRET_KEY"):
         env.pop(key, None)
     done = subprocess.run(

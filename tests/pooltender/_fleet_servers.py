@@ -44,6 +44,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from tests._paths import pythonpath
 from tests.pooltender._servers import PrivateMariaDB, free_port, server_missing
 
 HERE = Path(__file__).resolve().parent
@@ -339,10 +340,7 @@ class GunicornFleet:
             for k, v in os.environ.items()
             if not k.startswith(("POOLTENDER_", "FLEET_", "GUNICORN_"))
         }
-        repo_src = str(HERE.parents[1] / "src")
-        base["PYTHONPATH"] = os.pathsep.join(
-            p for p in (repo_src, os.environ.get("PYTHONPATH", "")) if p
-        )
+        base["PYTHONPATH"] = pythonpath(os.environ.get("PYTHONPATH"))
         self.env = {**base, **env}
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests._paths import pythonpath
 from tests._serve import coupons_serve, serve_env
 from tests.pooltender._servers import free_port
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = pythonpath()
 ROOT = str(Path(__file__).resolve().parents[2])
 
 GEVENT_SCRIPT = textwrap.dedent(

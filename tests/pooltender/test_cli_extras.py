@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests._paths import pythonpath
 
 WITHOUT_LIBCST = (
     "import sys\n"
@@ -22,7 +21,7 @@ WITHOUT_LIBCST = (
 
 
 def run_without_libcst(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     return subprocess.run(
         [sys.executable, "-c", WITHOUT_LIBCST, *args],
         capture_output=True,
@@ -60,7 +59,7 @@ def test_budget_runs_without_libcst() -> None:
 
 def test_a_missing_pooltender_module_is_not_hidden() -> None:
     code = "import sys\nsys.modules['pooltender.lint.engine'] = None\nimport pooltender.cli\n"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )

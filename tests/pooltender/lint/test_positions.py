@@ -3,18 +3,15 @@ PositionProvider (start and end), over every fixture and this repository's own s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import libcst as cst
 import pytest
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from pooltender.lint.base import _AST_TWIN, FileContext
 from pooltender.lint.config import default_config
+from tests._paths import SOURCE_TREES
 
 from .cases import CASES
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def _sources() -> list[object]:
@@ -22,7 +19,7 @@ def _sources() -> list[object]:
     for code, cases in CASES.items():
         for i, text in enumerate([*cases.fail, *cases.ok, *cases.unchanged]):
             out.append(pytest.param(text, id=f"{code}-{i}"))
-    for path in sorted((ROOT / "src").rglob("*.py")):
+    for path in sorted(p for tree in SOURCE_TREES for p in tree.rglob("*.py")):
         out.append(pytest.param(path.read_text(encoding="utf-8"), id=path.name))
     out.append(pytest.param("s = f'{a(1)} and {b.c(2)!r:>{w()}}'\nx = d(f'{e()}')\n", id="fstr"))
     out.append(pytest.param("x = 'é' + f(g(1), (h)(2))\nwhile (a):\n    pass\n", id="unicode"))

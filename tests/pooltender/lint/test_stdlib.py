@@ -15,6 +15,7 @@ import pytest
 
 from pooltender.lint.config import default_config
 from pooltender.lint.engine import discover, lint_paths
+from tests._paths import SOURCE_TREES
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 REPO = Path(__file__).resolve().parents[3]
@@ -49,5 +50,5 @@ def test_every_rule_on_a_stdlib_sample_no_crash(capsys: pytest.CaptureFixture[st
 def test_our_repository_is_clean() -> None:
     from pooltender.cli.lint import lint
 
-    outcome = lint([REPO / "src"], config_file=REPO / "pyproject.toml", jobs=1)
+    outcome = lint(list(SOURCE_TREES), config_file=REPO / "pyproject.toml", jobs=1)
     assert [v.format() for v in outcome.failing] == []
