@@ -96,7 +96,7 @@ _EXTENSION_KEY = "pooltender.admission"
 
 def build_limit(settings: AdmissionSettings) -> Limit:
     """The limit algorithm ``settings.limit`` names, within the settings' bounds."""
-    initial, low, high = settings.initial_limit, settings.minimum, settings.max_limit
+    initial, low, high = settings.initial_limit, settings.min_limit, settings.max_limit
     if settings.limit == "fixed":
         return FixedLimit(initial)
     if settings.limit == "aimd":
@@ -114,7 +114,7 @@ def build_limiter(settings: AdmissionSettings) -> AdmissionLimiter:
         target=settings.target,
         interval=settings.interval,
         timeout=settings.timeout,
-        min_limit=settings.minimum,
+        min_limit=settings.min_limit,
         max_limit=settings.max_limit,
     )
 
@@ -163,6 +163,7 @@ def install_admission(
             limiter,
             exempt=exempt,
             retry_after=retry_after,
+            retry_after_jitter=settings.jitter,
             on_request_end=None if mirror is None else mirror.sync,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
