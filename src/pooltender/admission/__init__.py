@@ -29,6 +29,7 @@ default on), which calls :func:`install_admission`. The pool's own shed wait
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,7 @@ def admission_json(installed: InstalledAdmission | None) -> dict[str, Any]:
 
     return {
         "enabled": True,
+        "pid": os.getpid(),  # which worker answered (one limiter per process)
         "algorithm": stats.algorithm,
         "limit": stats.limit,
         "in_flight": stats.in_flight,
