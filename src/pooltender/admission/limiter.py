@@ -21,15 +21,17 @@ Sources:
   ``interval`` keeps the queue standing, whether or not refusals have just emptied it.
 
 Under a standing queue two more rules keep overload cheap (issue 10's benchmark, 2+0 per
-worker at 2x capacity: goodput 0.52-0.76x of saturation, 503s after 110-250 ms although the
-long timeout was 100 ms):
+worker at 2x capacity: 318-600 responses/s against 622-787/s at saturation, 503s after a
+median 110-150 ms and a p99 of 250 ms although the long timeout was 100 ms and the short
+one 5 ms):
 
 * **The standing backlog is one waiter per slot** (``standing_backlog``, default the limit).
   A longer queue adds no goodput -- each release hands its slot to one waiter, and arrivals
   refill the queue faster than it drains -- but every extra waiter is a thread of a gthread
   worker asleep until its timeout, which then wakes into a contended GIL (the recorded run
-  had 28-30 of a worker's 32 threads parked in the queue and refusals 10-150 ms after their
-  deadline) while gunicorn's own request queue, which nothing bounds, grows behind them.
+  had 28-30 of a worker's 32 threads parked in the queue and refusals up to 150 ms after
+  their deadline) while gunicorn's own request queue, which nothing bounds, grows behind
+  them.
   An arrival beyond the backlog is refused at once (``standing_queue``, 0 s waited), as
   Netflix's ``SimpleLimiter`` refuses everything over its limit.
 * **The standing wait is** ``min(target, timeout)``.
