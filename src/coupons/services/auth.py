@@ -48,6 +48,7 @@ from coupons.config import Settings
 from coupons.db import db, transaction
 from coupons.errors import Conflict, TooManyRequests, Unauthorized, Unprocessable
 from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
+from pooltender.failures import is_retryable_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -794,17 +795,29 @@ class AccountCache:
             .where(RefreshToken.family_id == recent.c.family_id, RefreshToken.revoked_at.is_(None))
             .exists()
         )
-        with engine.connect().execution_options(**{ACCOUNT_REFRESH_OPTION: True}) as conn:
-            users = {
-                int(row.id): (str(row.role), bool(row.is_active))
-                for row in conn.execute(select(User.id, User.role, User.is_active))
-            }
-            revoked = frozenset(
-                conn.execute(
-                    select(recent.c.family_id).where(recent.c.revoked_at > since, ~live).distinct()
-                ).scalars()
-            )
-        return AccountSnapshot(time.monotonic(), users, revoked)
+        for attempt in (1, 2):
+            try:
+                with engine.connect().execution_options(**{ACCOUNT_REFRESH_OPTION: True}) as conn:
+                    users = {
+                        int(row.id): (str(row.role), bool(row.is_active))
+                        for row in conn.execute(select(User.id, User.role, User.is_active))
+                    }
+                    revoked = frozenset(
+                        conn.execute(
+                            select(recent.c.family_id)
+                            .where(recent.c.revoked_at > since, ~live)
+                            .distinct()
+                        ).scalars()
+                    )
+                return AccountSnapshot(time.monotonic(), users, revoked)
+            except Exception as exc:
+                # A pooled connection the server dropped (killed, timed out, restarted) fails
+                # its first statement; SQLAlchemy has invalidated it, so a read-only refresh
+                # runs once more on a fresh one -- what the request's own statements get from
+                # pooltender's retry (a NullPool engine never met a stale connection).
+                if attempt == 2 or not is_retryable_disconnect(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def snapshot(self, *, force: bool = False) -> AccountSnapshot:
         """The current snapshot, refreshed first when stale (or ``force``).
