@@ -22,7 +22,7 @@ def test_defaults_follow_the_pool_cap() -> None:
     # the floor is the pool's cap: the pool, not the latency, is the resource (settings.py)
     assert (settings.initial, settings.minimum, settings.maximum) == (3, 3, 6)
     assert settings.jitter is None  # Retry-After jittered by POOLTENDER_RETRY_AFTER seconds
-    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.1)
+    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.05)
     assert settings.queue == 64
     assert settings.exempt == DEFAULT_EXEMPT == ("/healthz", "/readyz", "/metrics", "/pooltender")
     # a maximum below the cap pulls the derived initial limit down with it

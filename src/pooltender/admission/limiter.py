@@ -220,7 +220,7 @@ class AdmissionLimiter:
         max_queue: int = 64,
         target: float = 0.005,
         interval: float = 0.1,
-        timeout: float = 0.1,
+        timeout: float = 0.05,
         min_limit: int = 1,
         max_limit: int = 0,
         standing_backlog: int | None = None,
