@@ -597,6 +597,8 @@ class AdmissionPoint:
     standing: bool | None
     shed_total: int | None
     admitted: int | None
+    checked_out: int | None  # the worker's pool: connections checked out (all engines)
+    second_checkouts: int | None  # so far: a unit of work that took a second connection
 
 
 class AdmissionSampler:
@@ -641,6 +643,7 @@ class AdmissionSampler:
             else:
                 a = data.get("admission")
                 a = a if isinstance(a, dict) and a.get("enabled") else {}
+                engines = [e for e in (data.get("engines") or {}).values() if isinstance(e, dict)]
                 self.points.append(
                     AdmissionPoint(
                         t,
@@ -652,6 +655,10 @@ class AdmissionSampler:
                         a.get("standing"),
                         a.get("shed_total"),
                         a.get("admitted"),
+                        sum(int(e.get("checked_out") or 0) for e in engines) if engines else None,
+                        sum(int(e.get("second_checkouts") or 0) for e in engines)
+                        if engines
+                        else None,
                     )
                 )
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
@@ -675,6 +682,8 @@ class AdmissionSampler:
                 "in_flight_max": max(int(p.in_flight or 0) for p in mine),
                 "queue_max": max(int(p.queue_length or 0) for p in mine),
                 "standing_share": round(sum(1 for p in mine if p.standing) / len(mine), 2),
+                "checked_out_max": max(int(p.checked_out or 0) for p in mine),
+                "second_checkouts": max(int(p.second_checkouts or 0) for p in mine),
             }
         latencies = sorted(p.latency_ms for p in inside)
         return {

@@ -388,7 +388,8 @@ def run_phase(
             (round(p.t - window[0], 3), p.connections, p.active, p.rss_kib) for p in sampler.points
         ],
         # /pooltender/stats every 0.5 s: t (s from the window's start), stats latency ms,
-        # worker pid, limit, in flight, queue length, standing, sheds so far, admitted so far
+        # worker pid, limit, in flight, queue length, standing, sheds so far, admitted so far,
+        # pool connections checked out, second checkouts in one unit of work so far
         "admission_timeline": [
             (
                 round(p.t - window[0], 3),
@@ -400,6 +401,8 @@ def run_phase(
                 p.standing,
                 p.shed_total,
                 p.admitted,
+                p.checked_out,
+                p.second_checkouts,
             )
             for p in admitting.points
         ],
