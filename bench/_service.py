@@ -581,3 +581,114 @@ class Sampler:
             return int(cur.fetchone()[0])
         finally:
             conn.close()
+
+
+@dataclass(frozen=True)
+class AdmissionPoint:
+    """One ``/pooltender/stats`` answer: which worker (``pid``) and its limiter's state."""
+
+    t: float  # time.monotonic() when the request was sent
+    latency_ms: float  # how long the (admission-exempt) stats request took
+    pid: int | None
+    limit: int | None
+    in_flight: int | None
+    queue_length: int | None
+    standing: bool | None
+    shed_total: int | None
+    admitted: int | None
+    checked_out: int | None  # the worker's pool: connections checked out (all engines)
+    second_checkouts: int | None  # so far: a unit of work that took a second connection
+
+
+class AdmissionSampler:
+    """Asks ``/pooltender/stats`` every ``interval`` s during a run, so that a run's record
+    says what admission control did while it ran (the limit, in flight, queue, standing),
+    not only its totals afterwards. Each request reaches whichever worker accepts it, named
+    by ``pid``. The page is exempt from admission, so its latency is the time to get a
+    gunicorn thread: it shows a backlog in front of the limiter that no limiter figure can.
+    One small request every ``interval`` s is the sampler's cost to the service."""
+
+    def __init__(self, service: Service, admin_token: str, interval: float = 0.5) -> None:
+        self.service = service
+        self.token = admin_token
+        self.interval = interval
+        self.points: list[AdmissionPoint] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> AdmissionSampler:
+        self._thread = threading.Thread(target=self._run, name="bench-admission", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        url = f"{self.service.url}/pooltender/stats"
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                status, body = _http("GET", url, token=self.token, timeout=5.0)
+                data = json.loads(body) if status == 200 else None
+            except (OSError, ValueError):
+                data = None
+            latency = (time.monotonic() - t) * 1e3
+            if not isinstance(data, dict):
+                self.errors += 1
+            else:
+                a = data.get("admission")
+                a = a if isinstance(a, dict) and a.get("enabled") else {}
+                engines = [e for e in (data.get("engines") or {}).values() if isinstance(e, dict)]
+                self.points.append(
+                    AdmissionPoint(
+                        t,
+                        round(latency, 1),
+                        a.get("pid"),
+                        a.get("limit"),
+                        a.get("in_flight"),
+                        a.get("queue_length"),
+                        a.get("standing"),
+                        a.get("shed_total"),
+                        a.get("admitted"),
+                        sum(int(e.get("checked_out") or 0) for e in engines) if engines else None,
+                        sum(int(e.get("second_checkouts") or 0) for e in engines)
+                        if engines
+                        else None,
+                    )
+                )
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
+
+    def summary(self, start: float, end: float) -> dict[str, Any]:
+        """Within the window: per worker, the limit's min / median / max, the largest in
+        flight and queue, the share of answers that found the queue standing; and the stats
+        request's own latency (median, max) fleet-wide."""
+        inside = [p for p in self.points if start <= p.t <= end]
+        per_pid: dict[str, Any] = {}
+        for pid in sorted({p.pid for p in inside if p.pid is not None}):
+            mine = [p for p in inside if p.pid == pid and p.limit is not None]
+            if not mine:
+                continue
+            limits = sorted(int(p.limit) for p in mine if p.limit is not None)
+            per_pid[str(pid)] = {
+                "samples": len(mine),
+                "limit_min": limits[0],
+                "limit_median": limits[len(limits) // 2],
+                "limit_max": limits[-1],
+                "in_flight_max": max(int(p.in_flight or 0) for p in mine),
+                "queue_max": max(int(p.queue_length or 0) for p in mine),
+                "standing_share": round(sum(1 for p in mine if p.standing) / len(mine), 2),
+                "checked_out_max": max(int(p.checked_out or 0) for p in mine),
+                "second_checkouts": max(int(p.second_checkouts or 0) for p in mine),
+            }
+        latencies = sorted(p.latency_ms for p in inside)
+        return {
+            "samples": len(inside),
+            "errors": self.errors,
+            "workers": per_pid,
+            "stats_latency_ms_median": latencies[len(latencies) // 2] if latencies else None,
+            "stats_latency_ms_max": latencies[-1] if latencies else None,
+        }

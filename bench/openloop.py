@@ -110,9 +110,18 @@ class Response:
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes, reused: bool
 ) -> Response:
-    writer.write(data)
-    await writer.drain()
-    line = await reader.readline()
+    try:
+        writer.write(data)
+        await writer.drain()
+        line = await reader.readline()
+    except (ConnectionResetError, BrokenPipeError):
+        # A reused keep-alive connection the server closed while it sat idle (gunicorn's
+        # keepalive, 2 s, ends about when a Retry-After of 2 s does) answers the next write
+        # with a reset: the server closed it between requests, so it never saw this one, and
+        # sending it again on a fresh connection is what an HTTP client does (urllib3, curl).
+        if reused:
+            raise StaleConnection from None
+        raise
     if not line:
         if reused:
             raise StaleConnection

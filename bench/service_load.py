@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
 import _prom
 from _samples import Summary, read_samples, summarize
 from _service import (
+    AdmissionSampler,
     BenchError,
     Database,
     ProcessGroup,
@@ -327,7 +328,7 @@ def run_phase(
         ctx.database.campaign_counts(ctx.seed.hot_campaign_id) if phase.mode == "hot" else None
     )
     load_before = load_avg()
-    with Sampler(ctx.database) as sampler:
+    with Sampler(ctx.database) as sampler, AdmissionSampler(service, admin_token) as admitting:
         time.sleep(0.3)  # an idle point before the load
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         service_cpu_before = service.cpu_seconds()
@@ -377,6 +378,7 @@ def run_phase(
         "mysql_1040_server": ctx.database.status("Connection_errors_max_connections")
         - errors_1040_before,
         "admission_waits": _prom.wait_figures(_prom.difference(metrics_before, metrics_after)),
+        "admission_during": admitting.summary(*window),
         "pooltender_stats": service.stats(admin_token),
         "generator": samples.meta,
         "drain_s": drained_at,
@@ -387,6 +389,25 @@ def run_phase(
         "sampler_error": sampler.error,
         "timeline": [
             (round(p.t - window[0], 3), p.connections, p.active, p.rss_kib) for p in sampler.points
+        ],
+        # /pooltender/stats every 0.5 s: t (s from the window's start), stats latency ms,
+        # worker pid, limit, in flight, queue length, standing, sheds so far, admitted so far,
+        # pool connections checked out, second checkouts in one unit of work so far
+        "admission_timeline": [
+            (
+                round(p.t - window[0], 3),
+                p.latency_ms,
+                p.pid,
+                p.limit,
+                p.in_flight,
+                p.queue_length,
+                p.standing,
+                p.shed_total,
+                p.admitted,
+                p.checked_out,
+                p.second_checkouts,
+            )
+            for p in admitting.points
         ],
     }
     if hot_before is not None:
@@ -540,7 +561,30 @@ def one_line(r: dict[str, Any]) -> str:
         f" p99 {_ms(s['admitted_p99_ms'])}  503 {s['shed']:5d}  conns peak {c['peak']:3d} "
         f"median {c['median']:5.1f}  unanswered {s['unfinished']}  other {errors or '-'}  "
         f"CPU cores service {r['service_cpu_cores']:.2f} generator {r['generator_cpu_cores']:.2f}"
-        f"  load {load}"
+        f"  load {load}{_admission_text(r)}"
+    )
+
+
+def _admission_text(r: dict[str, Any]) -> str:
+    """What admission control did during the window, from the /pooltender/stats samples:
+    the limit's range over every worker, the largest queue, the share of samples standing,
+    the wait before a 503 (p99, interpolated, and its bucket) and the stats page's own
+    latency (a backlog in front of the limiter)."""
+    during = r.get("admission_during") or {}
+    workers = list((during.get("workers") or {}).values())
+    if not workers:
+        return ""
+    low = min(w["limit_min"] for w in workers)
+    high = max(w["limit_max"] for w in workers)
+    queue = max(w["queue_max"] for w in workers)
+    standing = sum(w["standing_share"] * w["samples"] for w in workers) / max(
+        1, sum(w["samples"] for w in workers)
+    )
+    return (
+        f"\n      admission: limit {low}..{high}, queue max {queue}, standing "
+        f"{standing:.0%} of samples, wait before 503 p99 {_wait_text(r)} ms, stats page "
+        f"{during.get('stats_latency_ms_median')} / {during.get('stats_latency_ms_max')} ms "
+        "(median / max)"
     )
 
 
@@ -596,7 +640,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 if x["phase"] == phase and x["config"] == key
             ]
             rss = c["rss_peak_kib"]
-            wait = server_wait_before_503_ms(r)
+            wait = _wait_text(r)
             lines.append(
                 f"| {CONFIGS[key].label} | {s['goodput']:.1f} | "
                 f"{_ratio(s['goodput'], base['summary']['goodput'] if base else None)} | "
@@ -604,7 +648,7 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
                 f"{_num(s['shed_p99_ms'])} | "
                 f"{', '.join(f'{k}: {v}' for k, v in others.items()) or '0'} | "
                 f"{r['mysql_1040_server']} | {c['peak']} | {c['median']:.1f} | "
-                f"{'-' if rss is None else f'{rss / 1024:.0f}'} | {_num(wait)} | "
+                f"{'-' if rss is None else f'{rss / 1024:.0f}'} | {wait} | "
                 f"{' / '.join(every)} |"
             )
     return "\n".join(lines)
@@ -612,12 +656,15 @@ def tables(result: dict[str, Any], phases: list[str], configs: list[str]) -> str
 
 def server_wait_before_503_ms(record: dict[str, Any]) -> float | None:
     """p99 of the server-side wait of the requests shed with a 503, in ms: from the difference
-    of two /metrics scrapes around the run (fleet-wide, this run only); failing that, the
-    largest ``admission.shed_wait.p99_s`` of the workers that answered /pooltender/stats
-    (cumulative since the service started); None when the build exposes neither."""
+    of two /metrics scrapes around the run (fleet-wide, this run only), interpolated inside
+    its bucket (bench/_prom.py; the upper edge where an older record has no interpolation);
+    failing that, the largest ``admission.shed_wait.p99_s`` of the workers that answered
+    /pooltender/stats (cumulative since the service started); None when the build exposes
+    neither. 100 ms is a bucket edge, so the interpolated value is <= 100 exactly when the
+    bucket's upper edge is."""
     from_metrics = record["admission_waits"].get("shed", {})
     if from_metrics.get("count"):
-        value: float | None = from_metrics.get("p99_ms_le")
+        value: float | None = from_metrics.get("p99_ms", from_metrics.get("p99_ms_le"))
         return value
     p99s = [
         s["admission"]["shed_wait"]["p99_s"]
@@ -627,6 +674,16 @@ def server_wait_before_503_ms(record: dict[str, Any]) -> float | None:
         and s["admission"]["shed_wait"].get("p99_s") is not None
     ]
     return max(p99s) * 1e3 if p99s else None
+
+
+def _wait_text(record: dict[str, Any]) -> str:
+    """The wait before a 503 for a table: the interpolated p99 and its bucket, ``80.2
+    (75-100]``."""
+    value = server_wait_before_503_ms(record)
+    bucket = record["admission_waits"].get("shed", {}).get("p99_bucket_ms")
+    if value is None or not bucket:
+        return _num(value)
+    return f"{value:.1f} ({bucket[0]:g}-{bucket[1]:g}]"
 
 
 def _num(value: float | None) -> str:
@@ -720,7 +777,7 @@ def targets(result: dict[str, Any], workers: int) -> list[Target]:
                     f"1040 {n1040}, 5xx {fives}, goodput {s['goodput']:.1f} vs saturation "
                     f"{_num(g_sat)} ({_ratio(s['goodput'], g_sat)}), p99 "
                     f"{_num(s['admitted_p99_ms'])} vs 2x{_num(p99_ref)} ms, wait before 503 "
-                    f"p99 {_num(wait)} ms" + (" (not exposed)" if wait is None else ""),
+                    f"p99 {_wait_text(over)} ms" + (" (not exposed)" if wait is None else ""),
                 )
             )
         hot = row("hot")

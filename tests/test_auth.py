@@ -983,3 +983,83 @@ def test_a_new_user_is_admitted_at_once(
     create_user(email="late@example.test")  # the snapshot above does not know this user
     token = login(workers[1], email="late@example.test").get_json()["access_token"]
     assert workers[1].get("/api/v1/coupons", headers=bearer(token)).status_code == 200
+
+
+def test_the_account_cache_refreshes_on_the_app_pool_so_a_process_stays_within_its_cap(
+    backend: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2+0 app under 8 threads never has a third server connection, refreshes included
+    (issue 10: the cache's own NullPool engine made a 4 x 2 fleet hold 9). Counted from
+    MariaDB's processlist, on a connection of another database, every 20 ms; the refresh is
+    made to run every 20 ms so that many of them overlap the threads' requests."""
+    if backend != "mariadb":
+        pytest.skip("server connections are counted from MariaDB's processlist")
+    from sqlalchemy import create_engine, event, text
+    from sqlalchemy.engine import make_url
+
+    from coupons import create_app
+    from pooltender.settings import PoolSettings
+    from tests.conftest import MARIADB_ADMIN_URL, empty_tables
+
+    monkeypatch.setattr(auth.AccountCache, "REFRESH_EVERY", 0.02)
+    pool = PoolSettings(pool_size=2, max_overflow=0, pool_timeout=60, shed_wait=60)
+    settings = make_settings(
+        database_url, pool=pool, pooltender_config={"POOLTENDER_ADMISSION": "false"}
+    )
+    app = create_app(settings)
+    name = make_url(database_url).database
+    refreshes = 0
+
+    def count_refresh(conn: Any, *_args: Any) -> None:
+        nonlocal refreshes
+        if conn.get_execution_options().get(auth.ACCOUNT_REFRESH_OPTION):
+            refreshes += 1
+
+    with app.app_context():
+        user = User(email="svc@example.test", password_hash="!", role="service", is_active=True)
+        db.session.add(user)
+        db.session.commit()
+        principal = Principal(user_id=user.id, email=user.email, role=user.role)
+        db.session.remove()
+        event.listen(db.engine, "before_cursor_execute", count_refresh)
+    headers = {"Authorization": f"Bearer {issue_access_token(principal, TEST_SECRET, 900)}"}
+    samples: list[int] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+    sampler_engine = create_engine(MARIADB_ADMIN_URL)
+
+    def sample() -> None:
+        query = text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = :db")
+        with sampler_engine.connect() as conn:
+            while not stop.is_set():
+                samples.append(int(conn.execute(query, {"db": name}).scalar_one()))
+                time.sleep(0.02)
+
+    def load() -> None:
+        client = app.test_client()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            statuses.append(client.get("/api/v1/campaigns", headers=headers).status_code)
+
+    try:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        sampler.join()
+    finally:
+        stop.set()
+        sampler_engine.dispose()
+        with app.app_context():
+            db.session.remove()
+            empty_tables()
+            db.engine.dispose()
+    assert statuses
+    assert set(statuses) == {200}, sorted(set(statuses))
+    assert refreshes >= 20, f"only {refreshes} refresh statements ran"
+    assert len(samples) >= 20
+    assert max(samples) == 2, f"server connections seen: {sorted(set(samples))}"

@@ -124,7 +124,9 @@ def test_a_frozen_server_holds_no_request_past_the_bound(
     longest = max(ended - started for started, ended, _, _ in results)
     print(f"{driver} {bound} s: {len(results)} requests, longest {longest:.2f} s, {statuses}")
     assert longest <= bound + SHED_WAIT + SLACK, f"a request waited {longest:.1f} s"
-    assert all(retry == "1" for _, _, status, retry in results if status == 503)
+    # the pool's 503 says 1 s; admission control's refusal (requests queued behind the frozen
+    # ones) 1 or 2 s: Retry-After is jittered (POOLTENDER_ADMISSION_JITTER)
+    assert all(retry in ("1", "2") for _, _, status, retry in results if status == 503)
     first_success = min(
         (ended for _, ended, status, _ in results if status == 200 and ended >= thawed_at[0]),
         default=None,

@@ -119,7 +119,12 @@ def test_a_stopped_database_is_503_then_recovers_with_an_exact_ledger(
     failures = [a for a in attempts if a.status != 201]
     assert statuses <= {201, 503}, sorted(statuses)
     assert failures, "the outage was never felt"
-    assert all(a.retry_after == "1" for a in failures)
+    # the pool's 503 says 1 s; admission control's refusal 1 or 2 s (Retry-After jitter)
+    assert all(
+        a.retry_after == "1"
+        or (a.retry_after == "2" and a.body and a.body["error"]["code"] == "overloaded")  # type: ignore[index]
+        for a in failures
+    )
     assert all(
         # admission control may shed the requests queued behind the outage: 503 + Retry-After too
         a.body

@@ -210,6 +210,122 @@ def test_a_release_hands_the_slot_on_even_when_a_waiter_is_timing_out() -> None:
     assert (stats.in_flight, stats.queue_length) == (0, 0)  # no slot leaked
 
 
+def test_a_standing_queue_keeps_one_waiter_per_slot_and_refuses_the_rest_at_once() -> None:
+    """Under a standing queue the backlog is the limit: waiters queued before it stood are
+    refused from the head (they do not sleep out their long timeout), a newcomer finding the
+    backlog full is refused without waiting; the backlog is still admitted as slots free."""
+    clock = Clock()
+    lim = limiter(2, target=BOUND, interval=0.1, timeout=BOUND, clock=clock)
+    held = [lim.acquire(), lim.acquire()]
+    with ThreadPoolExecutor(5) as pool:
+        early = _queue_in_order(pool, lim, 5)  # long timeouts: the queue had just been empty
+        clock.now += 0.2
+        assert lim.stats().standing
+        with pytest.raises(Overloaded) as refused:
+            lim.acquire()  # trims the queue to 2 from its head, then finds it full
+        assert (refused.value.reason, refused.value.waited) == ("standing_queue", 0.0)
+        for future in early[:3]:
+            with pytest.raises(Overloaded) as evicted:
+                future.result(timeout=BOUND)
+            assert evicted.value.reason == "standing_queue"
+        assert lim.stats().queue_length == 2
+        for admission in held:
+            admission.release()
+        for future in early[3:]:
+            future.result(timeout=BOUND).release()
+    stats = lim.stats()
+    assert stats.shed == {"queue_full": 0, "standing_queue": 4, "queue_timeout": 0}
+    assert (stats.in_flight, stats.queue_length) == (0, 0)
+
+
+def test_a_refusal_keeps_the_queue_standing_after_refusals_emptied_it() -> None:
+    """RFC 8289's dropping state: after a refusal, the next arrival gets the short wait even
+    though the queue is empty, until an interval passes without refusals."""
+    clock = Clock()
+    lim = limiter(1, target=0.005, interval=0.1, timeout=0.05, clock=clock)
+    held = lim.acquire()
+    with pytest.raises(Overloaded) as first:
+        lim.acquire()  # the queue had been empty: the long wait (50 ms of real time)
+    assert first.value.reason == "queue_timeout"
+    assert lim.stats().queue_length == 0
+    assert lim.stats().standing  # refused within the interval
+    with pytest.raises(Overloaded) as second:
+        lim.acquire()
+    assert second.value.reason == "standing_queue"  # the short wait, not the long one again
+    clock.now += 0.2  # an interval without refusals
+    assert not lim.stats().standing
+    with pytest.raises(Overloaded) as third:
+        lim.acquire()
+    assert third.value.reason == "queue_timeout"
+    held.release()
+
+
+def test_under_sustained_overload_most_refusals_do_not_wait_and_none_waits_long() -> None:
+    """32 threads on a limit of 2 with a 10 ms service time (real clock): once the queue
+    stands, refusals are immediate; no refusal waits anywhere near a long timeout of 30 s
+    (without the standing backlog and the dropping state, refusals emptied the queue and the
+    next arrival waited the long timeout again)."""
+    lim = limiter(2, target=0.005, interval=0.1, timeout=BOUND, max_queue=64)
+    refusals: list[Overloaded] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 1.5
+
+    def client(_: int) -> None:
+        while time.monotonic() < deadline:
+            try:
+                admission = lim.acquire()
+            except Overloaded as exc:
+                with lock:
+                    refusals.append(exc)
+                continue
+            time.sleep(0.01)
+            admission.release()
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(client, range(32)))
+    stats = lim.stats()
+    assert stats.admitted > 0
+    assert refusals
+    assert {r.reason for r in refusals} == {"standing_queue"}
+    immediate = sum(1 for r in refusals if r.waited == 0.0)
+    assert immediate >= len(refusals) / 2, (immediate, len(refusals))
+    assert max(r.waited for r in refusals) < BOUND / 3
+    assert stats.shed_wait.counts[0] >= immediate  # the immediate ones, in the first bucket
+    assert (stats.in_flight, stats.queue_length) == (0, 0)
+
+
+def test_a_refusal_costs_no_message_formatting() -> None:
+    exc = Overloaded("standing_queue", 0.0, 2, 2, 2)
+    assert exc.args == ("standing_queue",)  # nothing formatted when it is raised
+    assert str(exc) == (
+        "request not admitted (standing_queue) after 0.0 ms: limit 2, 2 in flight, 2 queued"
+    )
+
+
+def test_retry_after_is_jittered_over_whole_seconds() -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        raise AssertionError("a refused request never reaches the app")
+
+    lim = limiter(1, max_queue=0)
+    held = lim.acquire()
+    seen: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> None:
+        assert status.startswith("503")
+        seen.append(dict(headers)["Retry-After"])
+
+    wrapped = AdmissionMiddleware(app, lim, retry_after=1)  # default jitter: 1 .. 2 s
+    bodies = {b"".join(wrapped({"PATH_INFO": "/x"}, start_response)) for _ in range(200)}
+    assert set(seen) == {"1", "2"}
+    assert len(bodies) == 2  # each says its own delay ("retry in 1 s" / "retry in 2 s")
+    seen.clear()
+    fixed = AdmissionMiddleware(app, lim, retry_after=3, retry_after_jitter=0)
+    for _ in range(20):
+        b"".join(fixed({"PATH_INFO": "/x"}, start_response))
+    assert set(seen) == {"3"}
+    held.release()
+
+
 def test_the_middleware_answers_a_shed_without_calling_the_app() -> None:
     calls: list[str] = []
 
@@ -219,7 +335,9 @@ def test_the_middleware_answers_a_shed_without_calling_the_app() -> None:
         return [b"ok"]
 
     lim = limiter(1, max_queue=0)
-    wrapped = AdmissionMiddleware(app, lim, exempt=["/healthz", "/metrics"], retry_after=3)
+    wrapped = AdmissionMiddleware(
+        app, lim, exempt=["/healthz", "/metrics"], retry_after=3, retry_after_jitter=0
+    )
     held = lim.acquire()
     seen: list[tuple[str, list[tuple[str, str]]]] = []
 
@@ -370,7 +488,8 @@ def test_a_standing_queue_is_shed_with_503_retry_after_and_a_json_error(
         eventually(lambda: lim.stats().standing, "the queue to be standing")
         refused = get(app, "/query")
         assert refused.status_code == 503
-        assert refused.headers["Retry-After"] == "2"
+        # POOLTENDER_RETRY_AFTER=2, jittered by default over 2 .. 4 s
+        assert refused.headers["Retry-After"] in ("2", "3", "4")
         error = refused.get_json()["error"]
         assert error["code"] == "overloaded"
         assert "overloaded" in error["message"]
@@ -402,6 +521,12 @@ def test_a_standing_queue_is_shed_with_503_retry_after_and_a_json_error(
     counts = {s.labels["outcome"]: s.value for s in wait.samples if s.name.endswith("_count")}
     assert counts["shed"] == 1
     assert counts["admitted"] >= 2
+    # fine buckets around 0.1 s (the wait-before-503 target), so a p99 of 101 ms is not
+    # reported as "somewhere up to 250 ms"
+    edges = {s.labels["le"] for s in wait.samples if s.name.endswith("_bucket")}
+    for le in ("0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.125"):
+        assert le in edges, sorted(edges, key=float)
+    assert {"0.15", "0.2", "0.25", "+Inf"} <= edges
 
 
 def test_admission_off_is_the_plain_app(database: str, gate: Gate) -> None:

@@ -62,6 +62,28 @@ def test_gradient2_settles_back_near_the_minimum_under_sustained_slowdown() -> N
     assert min(low) >= 2  # the floor holds
 
 
+@pytest.mark.parametrize("name", ["gradient2", "vegas", "aimd"])
+def test_by_default_the_limit_never_falls_below_the_pool_cap(name: str) -> None:
+    """Latency ten times the baseline (CPU contention from other processes, not a queue at the
+    pool) lowers an adaptive limit only down to the pool's cap, unless MIN says lower."""
+    settings = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_LIMIT": name}, pool_cap=6)
+    assert (settings.minimum, settings.initial, settings.maximum) == (6, 6, 12)
+    limit = build_limit(settings)
+    grown = feed(limit, 0.010, 100)
+    slow = feed(limit, 0.100, 300, dropped=name == "aimd")
+    assert min(grown + slow) >= 6
+    assert min(slow) == 6  # it did back off, to the floor
+    if name == "vegas":
+        return  # Vegas steps by log10(limit) per window and re-probes: too slow to show it here
+    lower = build_limit(
+        AdmissionSettings.from_mapping(
+            {"POOLTENDER_ADMISSION_LIMIT": name, "POOLTENDER_ADMISSION_MIN": "1"}, pool_cap=6
+        )
+    )
+    feed(lower, 0.010, 100)
+    assert min(feed(lower, 0.100, 300, dropped=name == "aimd")) < 6  # the floor is what held
+
+
 def test_an_app_limited_sample_does_not_move_the_limit() -> None:
     """Few requests in flight say nothing about capacity: neither growth nor backoff."""
     limit = Gradient2Limit(initial=10, minimum=1, maximum=40)

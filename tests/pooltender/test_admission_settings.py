@@ -19,13 +19,22 @@ def test_defaults_follow_the_pool_cap() -> None:
     settings = AdmissionSettings.from_mapping({}, pool_cap=3)
     assert settings.enabled is True
     assert settings.limit == "gradient2"
-    assert (settings.initial, settings.minimum, settings.maximum) == (3, 1, 6)
-    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.1)
+    # the floor is the pool's cap: the pool, not the latency, is the resource (settings.py)
+    assert (settings.initial, settings.minimum, settings.maximum) == (3, 3, 6)
+    assert settings.jitter is None  # Retry-After jittered by POOLTENDER_RETRY_AFTER seconds
+    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.05)
     assert settings.queue == 64
     assert settings.exempt == DEFAULT_EXEMPT == ("/healthz", "/readyz", "/metrics", "/pooltender")
     # a maximum below the cap pulls the derived initial limit down with it
     low = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_MAX": "2"}, pool_cap=6)
-    assert (low.initial, low.maximum) == (2, 2)
+    assert (low.initial, low.minimum, low.maximum) == (2, 2, 2)
+    # an explicit initial below the cap (a fixed limit of 1) lowers the derived floor too
+    one = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_INITIAL": "1"}, pool_cap=2)
+    assert (one.initial, one.minimum, one.maximum) == (1, 1, 4)
+    wide = AdmissionSettings.from_mapping(
+        {"POOLTENDER_ADMISSION_INITIAL": "8", "POOLTENDER_ADMISSION_MAX": "32"}, pool_cap=2
+    )
+    assert (wide.initial, wide.minimum, wide.maximum) == (8, 2, 32)
 
 
 def test_environment_strings_are_parsed() -> None:
@@ -100,6 +109,7 @@ def test_each_algorithm_name_builds_its_limit(name: str, kind: type) -> None:
         ({"POOLTENDER_ADMISSION_EXEMPT": "/a,,/b"}, "POOLTENDER_ADMISSION_EXEMPT", "empty path"),
         ({"POOLTENDER_ADMISSION_EXEMPT": "healthz"}, "POOLTENDER_ADMISSION_EXEMPT", "with '/'"),
         ({"POOLTENDER_ADMISSION_TARGTE": "0.01"}, "POOLTENDER_ADMISSION_TARGTE", "did you mean"),
+        ({"POOLTENDER_ADMISSION_JITTER": "-1"}, "POOLTENDER_ADMISSION_JITTER", "0"),
     ],
 )
 def test_invalid_settings_are_refused(values: dict[str, Any], key: str, says: str) -> None:

@@ -214,6 +214,12 @@ def test_the_multiprocess_mirror_writes_what_a_gunicorn_scrape_reads(tmp_path: P
     assert samples[("pooltender_admission_shed_total", (("reason", "standing_queue"),))] == 0
     count = ("pooltender_admission_queue_wait_seconds_count", (("outcome", "shed"),))
     assert samples[count] == 3
+    edges = {
+        dict(labels)["le"]
+        for name, labels in samples
+        if name == "pooltender_admission_queue_wait_seconds_bucket"
+    }
+    assert {"0.05", "0.075", "0.1", "0.125", "0.15", "0.25"} <= edges  # the mirror's too
 
 
 def test_coupons_serve_refuses_a_bad_admission_setting_in_one_line(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ default on), which calls :func:`install_admission`. The pool's own shed wait
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +97,7 @@ _EXTENSION_KEY = "pooltender.admission"
 
 def build_limit(settings: AdmissionSettings) -> Limit:
     """The limit algorithm ``settings.limit`` names, within the settings' bounds."""
-    initial, low, high = settings.initial_limit, settings.minimum, settings.max_limit
+    initial, low, high = settings.initial_limit, settings.min_limit, settings.max_limit
     if settings.limit == "fixed":
         return FixedLimit(initial)
     if settings.limit == "aimd":
@@ -114,7 +115,7 @@ def build_limiter(settings: AdmissionSettings) -> AdmissionLimiter:
         target=settings.target,
         interval=settings.interval,
         timeout=settings.timeout,
-        min_limit=settings.minimum,
+        min_limit=settings.min_limit,
         max_limit=settings.max_limit,
     )
 
@@ -163,6 +164,7 @@ def install_admission(
             limiter,
             exempt=exempt,
             retry_after=retry_after,
+            retry_after_jitter=settings.jitter,
             on_request_end=None if mirror is None else mirror.sync,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -193,6 +195,7 @@ def admission_json(installed: InstalledAdmission | None) -> dict[str, Any]:
 
     return {
         "enabled": True,
+        "pid": os.getpid(),  # which worker answered (one limiter per process)
         "algorithm": stats.algorithm,
         "limit": stats.limit,
         "in_flight": stats.in_flight,

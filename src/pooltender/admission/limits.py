@@ -25,6 +25,15 @@ window (mean latency, max in flight, any drop) rather than one per request, whic
 noise and keeps the per-request cost to a few additions. Limits are floats internally; the
 limiter uses ``int(limit)``, never less than 1.
 
+Every algorithm is clamped to ``[minimum, maximum]``, which
+:class:`~pooltender.admission.settings.AdmissionSettings` sets by default to ``[pool cap,
+2 x pool cap]``: the latency these algorithms read also grows with CPU contention from other
+processes (the database and the other workers on the same cores), which they cannot tell from
+queueing, and a limit below the pool's cap only leaves connections idle while requests are
+refused (settings.py, "min = the pool's cap"). Note that Gradient2 with the square-root queue
+size cannot fall below about 4 from a limit of 4 or less (``0.5 x 4 + sqrt(4) = 4``): on
+pools of 1-2 connections its working range is effectively ``[4, maximum]``.
+
 None of these take a lock: :class:`~pooltender.admission.limiter.AdmissionLimiter` calls
 ``on_sample`` with its own lock held.
 """

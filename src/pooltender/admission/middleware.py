@@ -3,12 +3,21 @@
 It wraps any WSGI callable (``app.wsgi_app`` for Flask), so it runs before Flask builds a
 request context, parses a body, authenticates or touches the database: a request that has to
 wait does so holding nothing but its thread (or greenlet), and a refused one costs a dict
-lookup, a lock and a pre-encoded 503. The refusal::
+lookup, a lock and a pre-encoded 503 (body and headers built once at start-up: no JSON
+encoding, no message formatting and no logging per refusal -- under overload refusals
+outnumber the requests served, and every microsecond they take is CPU the admitted requests
+do not get; Fail at Scale's point that a shed must be much cheaper than the work). The
+refusal::
 
     503 Service Unavailable
-    Retry-After: <retry_after>
+    Retry-After: <retry_after .. retry_after + jitter>
     Content-Type: application/json
     {"error": {"code": "overloaded", "message": "..."}}
+
+``Retry-After`` is spread over ``retry_after_jitter + 1`` whole seconds (by default
+``retry_after`` .. ``2 x retry_after``), chosen per refusal, so that clients refused in the
+same burst do not all come back in the same second and make the next burst (the "retry
+storm" of Fail at Scale and of AWS's "Timeouts, retries and backoff with jitter").
 
 Requests whose ``PATH_INFO`` starts with an exempt prefix (on a path-segment boundary:
 ``/metrics`` covers ``/metrics`` and ``/metrics/x``, not ``/metricsx``) bypass the limiter:
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -60,9 +70,11 @@ def shed_body(reason: str, retry_after: int) -> bytes:
 class AdmissionMiddleware:
     """``AdmissionMiddleware(app, limiter)``: a WSGI app that admits, then calls ``app``.
 
-    ``exempt`` lists path prefixes that bypass the limiter; ``retry_after`` is the seconds
-    in the refusal's ``Retry-After``; ``on_request_end`` (optional) is called after each
-    admitted or refused request, e.g. to mirror metrics for a multiprocess scrape.
+    ``exempt`` lists path prefixes that bypass the limiter; ``retry_after`` is the least
+    seconds in the refusal's ``Retry-After`` and ``retry_after_jitter`` how many more it may
+    say (None: ``retry_after``; 0: always ``retry_after``); ``on_request_end`` (optional) is
+    called after each admitted or refused request, e.g. to mirror metrics for a
+    multiprocess scrape.
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class AdmissionMiddleware:
         *,
         exempt: Iterable[str] = (),
         retry_after: int = 1,
+        retry_after_jitter: int | None = None,
         on_request_end: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
@@ -79,15 +92,25 @@ class AdmissionMiddleware:
         self.exempt = tuple(p.rstrip("/") or "/" for p in exempt)
         self.retry_after = retry_after
         self._on_end = on_request_end
-        headers = [("Content-Type", "application/json"), ("Retry-After", str(retry_after))]
+        jitter = retry_after if retry_after_jitter is None else retry_after_jitter
+        if jitter < 0:
+            raise ValueError("retry_after_jitter must be 0 or more")
         self._refusals = {
-            reason: (
-                [*headers, ("Content-Length", str(len(body)))],
-                body,
+            reason: tuple(
+                (
+                    [
+                        ("Content-Type", "application/json"),
+                        ("Retry-After", str(seconds)),
+                        ("Content-Length", str(len(body))),
+                    ],
+                    body,
+                )
+                for seconds in range(retry_after, retry_after + jitter + 1)
+                for body in (shed_body(reason, seconds),)
             )
             for reason in SHED_REASONS
-            for body in (shed_body(reason, retry_after),)
         }
+        self._pick = random.Random().randrange
 
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` bypasses the limiter."""
@@ -106,8 +129,10 @@ class AdmissionMiddleware:
         try:
             admission = self.limiter.acquire()
         except Overloaded as exc:
-            headers, payload = self._refusals[exc.reason]
-            log.debug("request refused: %s", exc)
+            variants = self._refusals[exc.reason]
+            headers, payload = (
+                variants[self._pick(len(variants))] if len(variants) > 1 else variants[0]
+            )
             start_response("503 Service Unavailable", list(headers))
             if self._on_end is not None:
                 self._on_end()

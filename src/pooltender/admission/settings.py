@@ -7,15 +7,18 @@ key                                default      meaning
                                                 exactly the behaviour without admission control)
 ``POOLTENDER_ADMISSION_LIMIT``     gradient2    ``gradient2`` | ``vegas`` | ``aimd`` | ``fixed``
 ``POOLTENDER_ADMISSION_INITIAL``   pool cap     the limit at start (``fixed``: the limit)
-``POOLTENDER_ADMISSION_MIN``       1            the limit never goes below this
+``POOLTENDER_ADMISSION_MIN``       pool cap     the limit never goes below this
 ``POOLTENDER_ADMISSION_MAX``       2 x cap      ... nor above this
 ``POOLTENDER_ADMISSION_QUEUE``     64           most requests waiting at once (0: no queue)
 ``POOLTENDER_ADMISSION_TARGET``    0.005        seconds a request may wait under a standing queue
 ``POOLTENDER_ADMISSION_INTERVAL``  0.1          seconds the queue must stay non-empty to be standing
-``POOLTENDER_ADMISSION_TIMEOUT``   0.1          seconds a request may wait when the queue drained
-                                                within the interval
+``POOLTENDER_ADMISSION_TIMEOUT``   0.05         seconds a request may wait when the queue drained
+                                                within the interval (and no refusal happened)
 ``POOLTENDER_ADMISSION_EXEMPT``    /healthz,/readyz,/metrics,/pooltender
                                                 comma-separated path prefixes never queued
+``POOLTENDER_ADMISSION_JITTER``    retry after  a refusal's ``Retry-After`` is
+                                                ``POOLTENDER_RETRY_AFTER`` plus 0 .. this many
+                                                whole seconds, at random (0: no jitter)
 =================================  ===========  ===============================================
 
 "pool cap" is the process's ``pool_size + max_overflow`` (6 with pooltender's defaults).
@@ -29,19 +32,36 @@ Why these defaults, for a 2-core box running a few workers each with a small poo
   auth, serializing; about a third in the issue-10 profile), so slightly more requests than
   connections can run without queueing on the pool; beyond 2x the extra threads only contend
   for the GIL and the two cores. The adaptive limit finds the point below it.
-* **min = 1.** A process always serves something.
-* **target 5 ms, interval 100 ms, timeout 100 ms**: Facebook's values for its CoDel variant
-  ("Fail at Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms; N is both the
-  interval and the long wait), which are also CoDel's own defaults (RFC 8289: target 5 ms,
-  interval 100 ms). A request that joins a queue that has been non-empty for 100 ms waits
-  at most 5 ms before its 503, so an overloaded process answers "retry" in milliseconds; a
-  burst (the queue drained within the last 100 ms) may wait up to 100 ms, several times a
-  request's service time here (3-10 ms unloaded). The long wait is also a hard bound on
-  any wait before a 503: at a few dozen requests per second per process a queue of
-  5-ms waiters often empties by shedding, which makes the next arrival's wait the long one
-  again, so a longer default (such as the pool's 0.5 s shed wait) would let 503s take that
-  long under overload. Raise it, with the interval, for a service whose requests are slow by
-  design (a login hashing a password with argon2 takes tens of milliseconds).
+* **min = the pool's cap** (or ``initial`` / ``maximum`` when either is set below it). The
+  pool is the resource being protected: with fewer requests admitted than it has
+  connections, connections sit idle while requests are refused. An adaptive limit reads
+  latency, and on a CPU-bound box latency also grows with *other* processes' load (the
+  database, the other workers, the load generator on the same two cores) and with the GIL;
+  Gradient2 then takes that for queueing and lowers the limit below the pool -- which
+  starves goodput just when the process is busiest (issue 10: pooltender's defaults, 4+2
+  per process, served 0.61-0.71x of their saturation goodput under 2x overload). The
+  algorithm adapts *between* the pool's cap and ``max``: how many more requests than
+  connections may run (parse, authenticate, serialize) without one waiting on the pool.
+  Set ``POOLTENDER_ADMISSION_MIN`` lower (at least 1) to let it go below the pool.
+* **target 5 ms, interval 100 ms**: Facebook's values for its CoDel variant ("Fail at
+  Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms), which are also CoDel's
+  own defaults (RFC 8289: target 5 ms, interval 100 ms). A request that joins a queue that
+  has been non-empty for 100 ms, or one that meets a refusal made within the last 100 ms,
+  waits at most 5 ms before its 503 (beyond one waiter per slot it is refused at once), so
+  an overloaded process answers "retry" in milliseconds.
+* **timeout 50 ms**, half of Fail at Scale's N (its long wait is N itself): a burst (the
+  queue drained within the last 100 ms) may wait up to 50 ms, still several times a
+  request's service time here (3-10 ms unloaded). It is also the bound on any wait before a
+  503, and issue 10's budget for that wait is 100 ms at p99 *as measured*, i.e. until the
+  refused thread runs again: on a gthread worker of a loaded 2-core box a thread whose
+  timed wait ended needs the GIL back, which took 20-150 ms more in the benchmarks (the
+  recorded run's refusals after a 100 ms timeout took up to 250 ms; a smoke run with a
+  short backlog still 120 ms). 50 ms leaves the other half of the budget to that wake-up.
+  Raise it, with the interval, for a service whose requests are slow by design (a login
+  hashing a password with argon2 takes tens of milliseconds).
+* **jitter = the Retry-After itself** (1 s -> a refusal says 1 or 2 s): clients refused in one
+  burst come back spread over two seconds instead of together (Fail at Scale on retry storms;
+  Marc Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015).
 * **queue 64**: a bound on waiting threads/greenlets, far above what a gthread worker's
   threads can fill; the timeouts, not the length, normally end a wait.
 
@@ -77,6 +97,7 @@ _FIELDS: Final[dict[str, tuple[str, type]]] = {
     "interval": ("ADMISSION_INTERVAL", float),
     "timeout": ("ADMISSION_TIMEOUT", float),
     "exempt": ("ADMISSION_EXEMPT", tuple),
+    "jitter": ("ADMISSION_JITTER", int),
 }
 
 #: Every admission key under the default prefix (the Flask extension's own keys include them).
@@ -90,20 +111,21 @@ _DEFAULT_CAP: Final = 6
 class AdmissionSettings:
     """Validated admission settings for one process. See the module docstring for defaults.
 
-    ``initial`` and ``maximum`` are None only before :meth:`for_pool` fills them from the
-    pool's cap; :meth:`from_mapping` always returns them filled.
+    ``initial``, ``minimum`` and ``maximum`` are None only before :meth:`for_pool` fills
+    them from the pool's cap; :meth:`from_mapping` always returns them filled.
     """
 
     enabled: bool = True
     limit: str = "gradient2"
     initial: int | None = None
-    minimum: int = 1
+    minimum: int | None = None
     maximum: int | None = None
     queue: int = 64
     target: float = 0.005
     interval: float = 0.1
-    timeout: float = 0.1
+    timeout: float = 0.05
     exempt: tuple[str, ...] = DEFAULT_EXEMPT
+    jitter: int | None = None
     source_prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
@@ -119,18 +141,31 @@ class AdmissionSettings:
         return self.initial if self.initial is not None else min(_DEFAULT_CAP, self.max_limit)
 
     @property
+    def min_limit(self) -> int:
+        """``minimum``, or 1 if none was resolved (the floor the limit never goes below)."""
+        return self.minimum if self.minimum is not None else 1
+
+    @property
     def max_limit(self) -> int:
         """``maximum``, or twice PoolSettings' default cap if none was resolved."""
-        return self.maximum if self.maximum is not None else max(2 * _DEFAULT_CAP, self.minimum)
+        if self.maximum is not None:
+            return self.maximum
+        return max(2 * _DEFAULT_CAP, self.min_limit)
 
     def for_pool(self, cap: int) -> AdmissionSettings:
-        """A copy with unset ``initial`` / ``maximum`` derived from the pool's ``cap``:
-        maximum = 2 x cap (at least ``minimum``), initial = cap within [minimum, maximum]."""
-        maximum = self.maximum if self.maximum is not None else max(2 * cap, self.minimum)
+        """A copy with unset ``minimum`` / ``initial`` / ``maximum`` derived from the pool's
+        ``cap``: maximum = 2 x cap (at least ``minimum``), initial = cap within [minimum,
+        maximum], minimum = cap, or the ``initial`` / ``maximum`` given when either is lower
+        (so an explicit small limit stays valid)."""
+        minimum = self.minimum
+        if minimum is None:
+            given = [v for v in (self.initial, self.maximum) if v is not None]
+            minimum = max(1, min([cap, *given]))
+        maximum = self.maximum if self.maximum is not None else max(2 * cap, minimum)
         initial = self.initial
         if initial is None:
-            initial = min(max(cap, self.minimum), maximum)
-        return replace(self, initial=initial, maximum=maximum)
+            initial = min(max(cap, minimum), maximum)
+        return replace(self, initial=initial, minimum=minimum, maximum=maximum)
 
     def validate(self) -> None:
         """Check each value, then the values against each other; raise SettingsError."""
@@ -141,7 +176,7 @@ class AdmissionSettings:
 
         for name, (_suffix, kind) in _FIELDS.items():
             value = getattr(self, name)
-            if value is None and name in ("initial", "maximum"):
+            if value is None and name in ("initial", "minimum", "maximum", "jitter"):
                 continue
             if kind is bool and not isinstance(value, bool):
                 bad(name, "must be true or false")
@@ -166,15 +201,17 @@ class AdmissionSettings:
             close = difflib.get_close_matches(self.limit, LIMIT_ALGORITHMS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             bad("limit", f"must be one of {', '.join(LIMIT_ALGORITHMS)}{hint}")
-        if self.minimum < 1:
+        if self.minimum is not None and self.minimum < 1:
             bad("minimum", "must be at least 1 (a process must be able to serve a request)")
-        if self.maximum is not None and self.maximum < max(self.minimum, 1):
-            bad("maximum", f"must be at least {self.key('minimum')}={self.minimum}")
+        if self.maximum is not None and self.maximum < max(self.min_limit, 1):
+            bad("maximum", f"must be at least {self.key('minimum')}={self.min_limit}")
         if self.initial is not None:
-            if self.initial < self.minimum:
-                bad("initial", f"must be at least {self.key('minimum')}={self.minimum}")
+            if self.initial < self.min_limit:
+                bad("initial", f"must be at least {self.key('minimum')}={self.min_limit}")
             elif self.maximum is not None and self.initial > self.maximum:
                 bad("initial", f"must not exceed {self.key('maximum')}={self.maximum}")
+        if self.jitter is not None and self.jitter < 0:
+            bad("jitter", "must be 0 (Retry-After exactly POOLTENDER_RETRY_AFTER) or more")
         if self.queue < 0:
             bad("queue", "must be 0 (shed at once when the limit is reached) or more")
         if self.target <= 0:
@@ -208,13 +245,14 @@ class AdmissionSettings:
             "enabled": self.enabled,
             "limit": self.limit,
             "initial": self.initial_limit,
-            "min": self.minimum,
+            "min": self.min_limit,
             "max": self.max_limit,
             "queue": self.queue,
             "target_s": self.target,
             "interval_s": self.interval,
             "timeout_s": self.timeout,
             "exempt": list(self.exempt),
+            "jitter": self.jitter,
         }
 
     @classmethod

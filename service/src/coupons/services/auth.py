@@ -30,7 +30,6 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -49,6 +48,7 @@ from coupons.config import Settings
 from coupons.db import db, transaction
 from coupons.errors import Conflict, TooManyRequests, Unauthorized, Unprocessable
 from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
+from pooltender.failures import is_retryable_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -740,6 +740,13 @@ class AccountSnapshot:
     revoked_families: frozenset[str]
 
 
+#: Execution option set on the account cache's refresh statements (value True): a listener
+#: that counts one request's statements (tests/test_listing.py) leaves them out, since the
+#: refresh runs at most once a second per process whichever request happens to find the
+#: snapshot stale.
+ACCOUNT_REFRESH_OPTION: Final = "coupons_account_refresh"
+
+
 class AccountCache:
     """Makes access tokens follow their account, without a database read per request.
 
@@ -751,10 +758,17 @@ class AccountCache:
     its own cache), instead of when its token expires (``ACCESS_TOKEN_TTL``). A token for a
     user the snapshot does not know (created since) forces one refresh.
 
-    The snapshot is read on an engine of its own with ``NullPool``: at most one short-lived
-    connection per second per process, outside the request's pool, so the request's own
-    connection count and statements are unchanged (see :meth:`snapshot` for what a refresh
-    in progress or a failed one means for other requests).
+    The snapshot is read through the app's own engine and pool (``db.engine``), on a
+    connection checked out for the two statements and returned at once: a separate engine
+    (the earlier ``NullPool`` one) was one more server connection per process on top of the
+    pool's cap (issue 10's benchmark: 9 server connections for a 4 x 2 fleet), which breaks
+    the promise that a process never holds more than its pool. No request holds two
+    connections because of it: the check runs in :func:`~coupons.api.common.authenticate`,
+    before the view's first statement checks out the request's own connection, so the
+    refresh's checkout is returned before the request's begins. Its statements carry the
+    execution option :data:`ACCOUNT_REFRESH_OPTION` so that a listener counting a request's
+    statements can tell the once-a-second refresh from the request's work (see :meth:`snapshot`
+    for what a refresh in progress or a failed one means for other requests).
 
     Cost: one ``SELECT id, role, is_active FROM users`` (all users: coupons has admins and
     service accounts, not customers) and one query over the refresh tokens revoked within the
@@ -764,25 +778,16 @@ class AccountCache:
     REFRESH_EVERY: Final = 1.0
 
     def __init__(self, settings: Settings, engine: Any | None = None) -> None:
+        """``engine``: where to read the snapshot; None (the default) means the current
+        app's ``db.engine``, looked up at each refresh (inside the request's app context)."""
         self._settings = settings
         self._engine = engine
-        self._engine_pid = os.getpid()
         self._lock = threading.Lock()
         self._snapshot: AccountSnapshot | None = None
         self._retry_after = 0.0
 
-    def _make_engine(self) -> Any:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
-        connect_args = self._settings.engine_options().get("connect_args", {})
-        return create_engine(
-            self._settings.database_url, poolclass=NullPool, connect_args=connect_args
-        )
-
     def _load(self) -> AccountSnapshot:
-        if self._engine is None or self._engine_pid != os.getpid():  # first use, or forked
-            self._engine, self._engine_pid = self._make_engine(), os.getpid()
+        engine = db.engine if self._engine is None else self._engine
         since = utcnow() - dt.timedelta(seconds=self._settings.access_token_ttl + 60)
         recent = RefreshToken.__table__.alias("recent")
         live = (
@@ -790,17 +795,29 @@ class AccountCache:
             .where(RefreshToken.family_id == recent.c.family_id, RefreshToken.revoked_at.is_(None))
             .exists()
         )
-        with self._engine.connect() as conn:
-            users = {
-                int(row.id): (str(row.role), bool(row.is_active))
-                for row in conn.execute(select(User.id, User.role, User.is_active))
-            }
-            revoked = frozenset(
-                conn.execute(
-                    select(recent.c.family_id).where(recent.c.revoked_at > since, ~live).distinct()
-                ).scalars()
-            )
-        return AccountSnapshot(time.monotonic(), users, revoked)
+        for attempt in (1, 2):
+            try:
+                with engine.connect().execution_options(**{ACCOUNT_REFRESH_OPTION: True}) as conn:
+                    users = {
+                        int(row.id): (str(row.role), bool(row.is_active))
+                        for row in conn.execute(select(User.id, User.role, User.is_active))
+                    }
+                    revoked = frozenset(
+                        conn.execute(
+                            select(recent.c.family_id)
+                            .where(recent.c.revoked_at > since, ~live)
+                            .distinct()
+                        ).scalars()
+                    )
+                return AccountSnapshot(time.monotonic(), users, revoked)
+            except Exception as exc:
+                # A pooled connection the server dropped (killed, timed out, restarted) fails
+                # its first statement; SQLAlchemy has invalidated it, so a read-only refresh
+                # runs once more on a fresh one -- what the request's own statements get from
+                # pooltender's retry (a NullPool engine never met a stale connection).
+                if attempt == 2 or not is_retryable_disconnect(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def snapshot(self, *, force: bool = False) -> AccountSnapshot:
         """The current snapshot, refreshed first when stale (or ``force``).
