@@ -1,7 +1,10 @@
 """gunicorn settings for the coupon service: ``gunicorn -c python:coupons.gunicorn_conf``.
 
 Environment: ``PORT`` (8000), ``HOST`` (127.0.0.1), ``WEB_WORKERS`` (2), ``WEB_THREADS`` (4),
-``WEB_WORKER_CLASS`` (gthread; or gevent with the ``gevent`` extra, or sync).
+``WEB_WORKER_CLASS`` (gthread; or gevent with the ``gevent`` extra, or sync),
+``WEB_KEEPALIVE`` (5 s: longer than the 1-2 s Retry-After of admission's 503s, so a client
+that honours it comes back on its kept-alive connection instead of a new one; gunicorn's own
+default of 2 s closed many such connections just before their retry).
 Each worker is one process with one pool, so the fleet's connections are
 workers x (pool_size + max_overflow) per host; keep that inside the server's budget.
 
@@ -21,6 +24,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread")
+keepalive = int(os.environ.get("WEB_KEEPALIVE", "5"))
 accesslog = "-"
 graceful_timeout = 20
 timeout = 60
