@@ -30,8 +30,11 @@ The hot path -- checkout and checkin -- is where a choice was needed:
   one lock acquisition, the checkin under another. Figures: ``bench/watch_overhead.py``
   (``--breakdown`` prints the CPU cost of each operation), ``docs/benchmarks.md``.
 * The bookkeeping is written inline in those two steps (no method calls), on a ``__slots__``
-  object (``_Hot``) the pool holds directly; histogram values within the first bucket -- the
-  usual checkout wait, short holds -- are counted with one comparison instead of ``bisect``;
+  object (``_Hot``) the pool holds directly; histogram values within the first four buckets
+  -- the usual checkout wait and hold -- are placed by comparisons instead of ``bisect``;
+  the owner is read with one ``ContextVar.get`` (``current_owner`` is called only outside a
+  unit of work); leak tracking adds one :func:`pooltender.leaks.new_tracked` call and
+  registers its record in the same critical section;
   ``checkouts`` and ``checkins`` are not counted separately (``checkins`` is the hold-time
   histogram's count, ``checkouts = checkins + checked_out``); ``connect()`` calls
   ``_ConnectionFairy._checkout`` (what ``Pool.connect`` does) and ``_do_return_conn`` does
@@ -103,7 +106,14 @@ from pooltender.stats import (
     PoolStats,
     SecondCheckoutReport,
 )
-from pooltender.units import NOBODY, UnitOfWork, begin_unit, current_owner, reset_unit
+from pooltender.units import (
+    NOBODY,
+    UnitOfWork,
+    begin_unit,
+    current_owner,
+    current_unit,
+    reset_unit,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -186,32 +196,29 @@ class _Hot:
     ``seq`` numbers tracked checkouts (under the lock); ``sweeper`` is the tracker until its
     sweeper thread is started on the first tracked checkout, then None.
 
-    ``wait_first`` / ``hold_first`` are the first histogram bounds in ns: a value at or
-    below it (the usual checkout wait on a pool with idle connections, and any short hold)
-    is counted with one comparison instead of a ``bisect`` call.
+    ``wait_bounds`` / ``hold_bounds`` are the histogram bounds in ns: a value within the
+    first four buckets (the usual checkout wait on a pool with idle connections, and the
+    usual hold) is placed by comparisons, without a ``bisect`` call.
     """
 
     __slots__ = (
-        "acquire",
         "held",
         "high",
         "hold_bounds",
         "hold_counts",
-        "hold_first",
         "hold_total",
         "live",
         "lock",
         "observers",
         "out",
         "owner",
-        "release",
         "report_second",
         "seq",
         "sweeper",
         "tracker",
+        "unit_first",
         "wait_bounds",
         "wait_counts",
-        "wait_first",
         "wait_total",
         "watch",
     )
@@ -221,12 +228,13 @@ class _Hot:
     ) -> None:
         self.watch = watch
         self.owner = owner
+        # the default owner: the checkout path reads the unit itself (one C call) and calls
+        # current_owner only outside a unit of work
+        self.unit_first = owner is current_owner
         self.report_second = report_second
         self.observers: list[Observer] = []  # PoolWatch.add_observer; empty = one truth test
         self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
-        self.wait_first = self.wait_bounds[0]
         self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
-        self.hold_first = self.hold_bounds[0]
         self.start()
 
     def start(self) -> None:
@@ -234,8 +242,6 @@ class _Hot:
         parent's lock may be held by a thread that does not exist and its counts are not
         this process's)."""
         self.lock = threading.Lock()
-        self.acquire = self.lock.acquire
-        self.release = self.lock.release
         self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
         self.seq = 0  # the last tracked checkout's number
         self.set_tracker(NO_TRACKING)
@@ -292,30 +298,37 @@ class WatchedQueuePool(QueuePool):
         record = proxy._connection_record
         if record is None:  # pragma: no cover - a fresh checkout always has its record
             return proxy
-        owner = hot.owner()
+        owner: Hashable | None = current_unit() if hot.unit_first else None
+        if owner is None:
+            owner = hot.owner()
         waited = now - started
+        bounds = hot.wait_bounds
+        if waited <= bounds[0]:
+            bucket = 0
+        elif waited <= bounds[1]:
+            bucket = 1
+        elif waited <= bounds[2]:
+            bucket = 2
+        elif waited <= bounds[3]:
+            bucket = 3
+        else:
+            bucket = bisect_left(bounds, waited)
         # leak detection: the stack is captured outside the lock; None when detection is off
         tracked = None if hot.live is None else new_tracked(now, owner, proxy)
         # same bookkeeping as PoolWatch._begin, inlined
-        hot.acquire()
-        try:
+        with hot.lock:
             out = hot.out = hot.out + 1
             if out > hot.high:
                 hot.high = out
             held_by = hot.held
-            held = held_by[owner] = held_by.get(owner, 0) + 1
-            if waited <= hot.wait_first:
-                hot.wait_counts[0] += 1
-            else:
-                hot.wait_counts[bisect_left(hot.wait_bounds, waited)] += 1
+            held = held_by[owner] = (held_by[owner] + 1) if owner in held_by else 1
+            hot.wait_counts[bucket] += 1
             hot.wait_total += waited
             if tracked is not None:
                 live = hot.live  # read again: detection may have been reconfigured meanwhile
                 if live is not None:
                     seq = tracked.seq = hot.seq = hot.seq + 1
                     live[seq] = tracked
-        finally:
-            hot.release()
         if observed:
             hot.watch._observe("wait", waited)
         if hot.sweeper is not None:  # the first tracked checkout starts the leak sweeper
@@ -337,17 +350,24 @@ class WatchedQueuePool(QueuePool):
                 started, owner, tracked = info[_KEY]
                 del info[_KEY]
                 held_for = now - started
+                bounds = hot.hold_bounds
+                if held_for <= bounds[0]:
+                    bucket = 0
+                elif held_for <= bounds[1]:
+                    bucket = 1
+                elif held_for <= bounds[2]:
+                    bucket = 2
+                elif held_for <= bounds[3]:
+                    bucket = 3
+                else:
+                    bucket = bisect_left(bounds, held_for)
                 # same bookkeeping as PoolWatch._end, inlined
-                hot.acquire()
-                try:
+                with hot.lock:
                     hot.out -= 1
-                    if held_for <= hot.hold_first:
-                        hot.hold_counts[0] += 1
-                    else:
-                        hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
+                    hot.hold_counts[bucket] += 1
                     hot.hold_total += held_for
                     held_by = hot.held
-                    held = held_by.get(owner, 0) - 1
+                    held = (held_by[owner] - 1) if owner in held_by else -1
                     if held > 0:
                         held_by[owner] = held
                     elif held == 0:
@@ -358,8 +378,6 @@ class WatchedQueuePool(QueuePool):
                         live = hot.live
                         if live is not None and tracked.seq in live:
                             del live[tracked.seq]
-                finally:
-                    hot.release()
                 if hot.observers:
                     hot.watch._observe("use", held_for)
                 # the usual checkin has nothing to tell: a weakref call and a flag test
