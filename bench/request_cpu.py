@@ -55,7 +55,9 @@ figure the target is judged on).
 repeatable while other processes load the machine, unlike any clock) and prints, per
 configuration, the instructions of one redeem (``--requests`` redeems after the warm-up,
 counted between two calls of a marker C function, ``os.getppid``, on which callgrind dumps its
-counters) and each configuration's excess over ``off`` in percent; the floor is not run.
+counters; each block starts from a collected heap with the set-up frozen, ``gc.freeze``, so
+that a full collection does not land in one block only; the best of ``--rounds`` blocks) and
+each configuration's excess over ``off`` in percent; the floor is not run.
 Under valgrind everything is ~50x slower: keep ``--requests`` near 100.
 
 The targets (issue 10), judged on the ``default`` configuration, are printed as MET / NOT
@@ -551,10 +553,18 @@ def callgrind_parent(argv: list[str], configs: list[str], rounds: int) -> int:
 def callgrind_child(targets_: list[AppTarget], rounds: int, requests: int) -> None:
     """Under callgrind: warm each config's redeem, then one marked block per config and
     round (``os.getppid`` makes callgrind dump and zero its counters)."""
+    import gc
+
     for t in targets_:
         block(t.redeem, 30)
+    # A full collection inside one block and not another would swamp the difference: start
+    # each block from a collected heap, with the set-up's objects frozen out of the
+    # collector's walks (young collections, the ones the requests' own garbage causes, stay).
+    gc.collect()
+    gc.freeze()
     for _ in range(rounds):
         for t in targets_:
+            gc.collect()
             os.getppid()
             block(t.redeem, requests)
     os.getppid()
