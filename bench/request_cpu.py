@@ -3,6 +3,7 @@
     .venv/bin/python bench/request_cpu.py [--url URL] [--requests 200] [--rounds 3]
                                           [--profile FILE] [--configs default,no-leaks,bare]
                                           [--json OUT]
+    .venv/bin/python bench/request_cpu.py --callgrind [--requests 100] [--configs ...]
 
 One process, one thread. A fresh MariaDB database is created (name ``coupons_bench_<pid>``,
 on the server of ``--url``, default ``$BENCH_MARIADB_URL`` or
@@ -36,7 +37,11 @@ in the same run, interleaved block by block so load drift hits each alike:
   (``leak_threshold`` 60 s), the idle-window ping (0.5 s), request shedding on
 * ``no-leaks``  the watch without leak detection (``POOLTENDER_LEAK_THRESHOLD=0``)
 * ``bare``      the same app with its engine replaced by a plain ``QueuePool`` engine (no
-  watch, no ping, no shedding): what is left is Flask + SQLAlchemy + our code
+  watch, no ping, no shedding); admission control and the extension's request scope stay
+* ``off``       ``bare`` without admission control and without the extension's request
+  scope (its WSGI wrapper and teardown): no pooltender code on the request path at all, what
+  is left is Flask + SQLAlchemy + our code. ``default`` minus ``off`` is everything
+  pooltender costs a request
 
 Figures from a loaded machine are indicative only; the median of ``--rounds`` blocks is
 printed, with the machine's load average before and after. ``--profile FILE`` additionally
@@ -45,6 +50,15 @@ functions (cumulative and own time) to FILE and prints the share of the CPU spen
 pooltender (a steadier measure of its overhead than a difference of two noisy totals): its
 own functions' time, and that plus the built-ins they call (booked apart by cProfile; the
 figure the target is judged on).
+
+``--callgrind`` re-runs this script under ``valgrind --tool=callgrind`` (instruction counts:
+repeatable while other processes load the machine, unlike any clock) and prints, per
+configuration, the instructions of one redeem (``--requests`` redeems after the warm-up,
+counted between two calls of a marker C function, ``os.getppid``, on which callgrind dumps its
+counters; each block starts from a collected heap with the set-up frozen, ``gc.freeze``, so
+that a full collection does not land in one block only; the best of ``--rounds`` blocks) and
+each configuration's excess over ``off`` in percent; the floor is not run.
+Under valgrind everything is ~50x slower: keep ``--requests`` near 100.
 
 The targets (issue 10), judged on the ``default`` configuration, are printed as MET / NOT
 MET at the end: redeem <= 6x the floor redeem's CPU, validate and get <= 3x it, pooltender's
@@ -229,11 +243,15 @@ def build_app(url: str, config: str) -> Flask:
     }
     if config == "no-leaks":
         env["POOLTENDER_LEAK_THRESHOLD"] = "0"
-    if config == "bare":
+    if config in ("bare", "off"):
         env["POOLTENDER_SHED"] = "false"
+    if config == "off":
+        env["POOLTENDER_ADMISSION"] = "off"
     settings = Settings.from_env(env)
     app = create_app(settings)
-    if config == "bare":
+    if config == "off":
+        strip_request_scope(app)
+    if config in ("bare", "off"):
         # Swap the watched engine for a plain one (Flask-SQLAlchemy keeps engines per app in
         # this mapping; a bench-only reach into it, to measure the app without pooltender).
         with app.app_context():
@@ -242,6 +260,22 @@ def build_app(url: str, config: str) -> Flask:
             db._app_engines[app][None] = plain
             watched.dispose()
     return app
+
+
+def strip_request_scope(app: Flask) -> None:
+    """Take the Pooltender extension's per-request code off ``app`` (bench only): every WSGI
+    wrapper and request hook defined in a ``pooltender`` module, so that no pooltender code
+    runs per request (the engine is swapped apart, in :func:`build_app`)."""
+
+    def ours(fn: Any) -> bool:
+        return str(getattr(fn, "__module__", "")).startswith("pooltender")
+
+    while ours(type(app.wsgi_app)) and hasattr(app.wsgi_app, "app"):
+        app.wsgi_app = app.wsgi_app.app  # type: ignore[method-assign]
+    for hooks in (app.before_request_funcs, app.teardown_request_funcs):
+        for funcs in hooks.values():
+            funcs[:] = [f for f in funcs if not ours(f)]
+    app.teardown_appcontext_funcs[:] = [f for f in app.teardown_appcontext_funcs if not ours(f)]
 
 
 # --------------------------------------------------------------------------- floor
@@ -462,6 +496,81 @@ def targets(
     return out
 
 
+#: Set (to the output directory) in the child that runs under callgrind.
+CALLGRIND_ENV = "REQUEST_CPU_CALLGRIND_DIR"
+
+
+def callgrind_parent(argv: list[str], configs: list[str], rounds: int) -> int:
+    """Re-run this script under callgrind and print instructions per redeem per config."""
+    import subprocess
+    import tempfile
+
+    out_dir = tempfile.mkdtemp(prefix="request_cpu_callgrind_")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-before=os_getppid",  # the marker between blocks (see callgrind_child)
+        "--dump-instr=no",
+        f"--callgrind-out-file={out_dir}/cg.out",
+        sys.executable,
+        os.path.abspath(__file__),
+        *argv,
+    ]
+    print("running:", " ".join(command), flush=True)
+    env = {**os.environ, CALLGRIND_ENV: out_dir}
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stdout)
+        return done.returncode
+    parts = sorted(
+        (int(name.rsplit(".", 1)[1]), name)
+        for name in os.listdir(out_dir)
+        if name.startswith("cg.out.") and name.rsplit(".", 1)[1].isdigit()
+    )
+    totals: list[int] = []
+    for _, name in parts:
+        with open(os.path.join(out_dir, name), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("totals:", "summary:")):
+                    totals.append(int(line.split()[1]))
+                    break
+    requests = int(done.stdout.split("CALLGRIND_REQUESTS=", 1)[1].split()[0])
+    # dump 1 = set-up and warm-up, then one dump per (round, config) block, then the exit
+    blocks = totals[1 : 1 + rounds * len(configs)]
+    per: dict[str, list[float]] = {c: [] for c in configs}
+    for index, value in enumerate(blocks):
+        per[configs[index % len(configs)]].append(value / requests)
+    best = {c: min(v) for c, v in per.items()}
+    base = best.get("off") or best.get("bare")
+    print(f"callgrind: instructions per redeem ({rounds} x {requests} redeems per config)")
+    for config, value in best.items():
+        extra = "" if base is None else f"  {100 * (value - base) / base:+6.2f}% vs off/bare"
+        print(f"  {config:<10} {value:12,.0f}{extra}")
+    print(f"(raw dumps in {out_dir})")
+    return 0
+
+
+def callgrind_child(targets_: list[AppTarget], rounds: int, requests: int) -> None:
+    """Under callgrind: warm each config's redeem, then one marked block per config and
+    round (``os.getppid`` makes callgrind dump and zero its counters)."""
+    import gc
+
+    for t in targets_:
+        block(t.redeem, 30)
+    # A full collection inside one block and not another would swamp the difference: start
+    # each block from a collected heap, with the set-up's objects frozen out of the
+    # collector's walks (young collections, the ones the requests' own garbage causes, stay).
+    gc.collect()
+    gc.freeze()
+    for _ in range(rounds):
+        for t in targets_:
+            gc.collect()
+            os.getppid()
+            block(t.redeem, requests)
+    os.getppid()
+    print(f"CALLGRIND_REQUESTS={requests}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=DEFAULT_URL, help="MariaDB server URL (no database)")
@@ -470,6 +579,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--configs", default="default,no-leaks,bare")
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile summary here")
     parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions per redeem of each config under valgrind's callgrind",
+    )
+    parser.add_argument(
         "--json",
         metavar="OUT",
         help="write the table, the targets (met or not) and pooltender's share here as JSON "
@@ -477,6 +591,8 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if args.callgrind and CALLGRIND_ENV not in os.environ:
+        return callgrind_parent(argv, configs, args.rounds)
 
     name = f"coupons_bench_{os.getpid()}"
     admin = make_url(args.url).set(database=None).render_as_string(hide_password=False)
@@ -489,6 +605,9 @@ def main(argv: list[str]) -> int:
         for config in configs:
             app = build_app(url, config)
             targets_.append(AppTarget(config, app, app.test_client(), seed(app, config)))
+        if args.callgrind:
+            callgrind_child(targets_, args.rounds, args.requests)
+            return 0
         floor = Floor(url, seed(targets_[0].app, "floor"))
 
         cells: dict[tuple[str, str], Callable[[], None]] = {

@@ -31,7 +31,6 @@ Configurations:
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ import sqlalchemy
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import QueuePool
 
+from pooltender.leaks import new_tracked
 from pooltender.liveness import install_idle_ping
 from pooltender.watch import _KEY, WatchedQueuePool, install_watch
 
@@ -131,8 +131,9 @@ def breakdown(rounds: int = 300, block: int = 300) -> None:
         "now": time.perf_counter_ns,
         "_KEY": _KEY,
         "bisect_left": bisect_left,
-        "count": itertools.count(),
         "get_ident": threading.get_ident,
+        "new_tracked": new_tracked,
+        "proxy": proxy,
     }
 
     def cpu_ns(stmt: str, number: int = 200_000) -> float:
@@ -146,7 +147,7 @@ def breakdown(rounds: int = 300, block: int = 300) -> None:
         ("owner = threading.get_ident() (1)", "hot.owner()"),
         ("lock acquire + release (2)", "hot.acquire(); hot.release()"),
         ("slot counter += 1 (out, sums: 6)", "hot.out += 1"),
-        ("histogram bucket 0 += 1 (2)", "hot.wait_counts[0] += 1"),
+        ("histogram bucket += 1 (2)", "hot.wait_counts[0] += 1"),
         ("histogram bisect_left (when above bucket 0)", "bisect_left(hot.hold_bounds, 3000000)"),
         ("held-by-owner get/set + del (1)", "h = hot.held; h[1] = h.get(1, 0) + 1; del h[1]"),
         (
@@ -154,7 +155,7 @@ def breakdown(rounds: int = 300, block: int = 300) -> None:
             "info[_KEY] = (1, 2, None); info[_KEY]; del info[_KEY]",
         ),
         ("record.record_info (3)", "record.record_info"),
-        ("itertools.count next (leak tracking only)", "next(count)"),
+        ("new_tracked: stack + record (leak tracking only)", "new_tracked(1, 2, proxy)"),
     ]
     width = max(len(name) for name, _ in ops)
     for name, stmt in ops:

@@ -20,7 +20,10 @@ What ``init_app(app, db)`` does, in order:
    into ``SQLALCHEMY_ENGINE_OPTIONS``, with :class:`~pooltender.shedding.SheddingQueuePool`
    as the pool class;
 2. registers its teardown *before* ``db.init_app(app)`` (Flask runs teardowns in reverse), so
-   its safety net runs after Flask-SQLAlchemy has removed the request's session;
+   its safety net runs after Flask-SQLAlchemy has removed the request's session; a request's
+   unit of work (and its shed wait) is begun by :class:`RequestScope`, a WSGI wrapper around
+   ``app.wsgi_app``, and ended by that teardown: one begin and one end per request, with no
+   ``flask.g`` and no proxy lookups on the way;
 3. calls ``db.init_app(app)`` and installs the watch (leak detection, second-checkout
    reports) and the idle-window liveness ping on every engine;
 4. when a fleet shape is configured, runs the budget check against the live server
@@ -60,7 +63,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, abort, current_app, g, jsonify, request
+from flask import Flask, Response, abort, current_app, has_request_context, jsonify, request
 from sqlalchemy.engine import Engine
 
 from pooltender.admission import (  # admission control (issue 10)
@@ -99,16 +102,19 @@ from pooltender.settings import (
 )
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
 from pooltender.stats import PoolStats, pool_stats_json
-from pooltender.units import begin_unit
-from pooltender.watch import PoolWatch, end_unit_of_work, install_watch, watch_of
+from pooltender.units import ScopedUnit, current_unit, leave_unit
+from pooltender.watch import PoolWatch, install_watch, release_everywhere, watch_of
 
 if TYPE_CHECKING:  # prometheus-client is the optional `prometheus` extra: imported lazily
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
     from pooltender.metrics import MultiprocessMirror
 
 __all__ = [
     "EXTENSION_KEYS",
     "WATCHED_PING_AFTER_IDLE",
     "Pooltender",
+    "RequestScope",
     "adopt_engine_options",
     "configured_keys",
     "settings_from_config",
@@ -267,6 +273,86 @@ class _State:
         with self.lock:
             self.requests_unavailable += 1
 
+    def teardown(self, _exc: BaseException | None) -> None:
+        """The app-context teardown (registered before Flask-SQLAlchemy's, so it runs after
+        the session was removed): the end of a request begun by :class:`RequestScope`, or
+        the safety net of an app context without a request.
+
+        A connection still held by the request's unit of work was checked out outside the
+        scoped session (a second Session, a raw ``engine.connect()`` never closed) and would
+        leak: it is logged once with where it was checked out and counted; from then on it
+        belongs to nobody, so later requests on the same thread are not blamed. The usual
+        request (nothing held) costs two context-variable resets and a membership test per
+        engine. An app context without a request (a CLI command, a consumer) checks what its
+        owner (task or thread) holds, without disowning it. An app context pushed *inside* a
+        request (while the request context is still active) is neither: it is left alone.
+        """
+        unit = current_unit()
+        if type(unit) is ScopedUnit and unit.scope is self:
+            if has_request_context():  # an app context nested in the request: not its end
+                return
+            leave_unit(unit.token)
+            if unit.shed_token is not None:
+                end_shed_wait(unit.shed_token)
+            ended = release_everywhere(unit)
+            if ended:
+                self._report([(leak.engine, leak.held, leak.where) for leak in ended])
+        elif not has_request_context():
+            self._report(
+                [
+                    (name, held, tuple(c.where for c in watch.open_checkouts_of_current_owner()))
+                    for name, watch in self.watches().items()
+                    if (held := watch.held_by_current_owner())
+                ]
+            )
+        if self.mirror is not None:
+            self.mirror.sync()
+
+    def _report(self, leaks: list[tuple[str, int, tuple[str, ...]]]) -> None:
+        if not leaks:
+            return
+        with self.lock:
+            self.requests_leaked += 1
+        for engine, held, where in leaks:
+            log.warning(
+                "request ended with %d connection(s) of engine %s still checked out outside "
+                "db.session (checked out at: %s)",
+                held,
+                engine,
+                "; ".join(where) or "unknown",
+            )
+
+
+class RequestScope:
+    """The WSGI wrapper that begins each request's unit of work (and its shed wait) before
+    Flask sees the request; :meth:`_State.teardown` ends both.
+
+    Begun here, not in a ``before_request`` hook, so the begin costs no Flask hook dispatch
+    and no proxy lookup (``request``, ``g``): the unit's name comes from the WSGI environ,
+    and the unit itself (:class:`~pooltender.units.ScopedUnit`) carries the tokens the
+    teardown resets. The context variables are set in the calling context, which Flask runs
+    the request in (it copies no context), so the request's checkouts see them, and so does
+    its teardown, also when a streamed response tears down later on the same thread.
+    Admission control, when on, wraps this wrapper: a request waiting for admission has
+    not begun a unit.
+    """
+
+    __slots__ = ("app", "shed", "shed_wait", "state")
+
+    def __init__(self, app: WSGIApplication, state: _State, shed_wait: float | None) -> None:
+        self.app = app
+        self.state = state
+        self.shed = state.options.shed
+        self.shed_wait = shed_wait
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        unit = ScopedUnit(
+            f"request {environ['REQUEST_METHOD']} {environ.get('PATH_INFO') or '/'}", self.state
+        )
+        if self.shed:
+            unit.shed_token = begin_shed_wait(self.shed_wait)
+        return self.app(environ, start_response)
+
 
 class Pooltender:
     """The extension. ``Pooltender(app, db)`` or ``Pooltender()`` then ``init_app(app, db)``.
@@ -337,7 +423,7 @@ class Pooltender:
         state = _State(settings=settings, options=options, db=db)
         app.extensions["pooltender"] = state
         # Registered before db.init_app so that it runs after Flask-SQLAlchemy's own teardown.
-        app.teardown_appcontext(self._teardown)
+        app.teardown_appcontext(state.teardown)
         db.init_app(app)
         with app.app_context():
             for engine in db.engines.values():
@@ -351,10 +437,6 @@ class Pooltender:
                         for each in db.engines.values():
                             each.dispose()  # a refused app must not leave connections behind
                         raise
-        app.before_request(self._begin_unit)
-        if options.shed:
-            app.before_request(self._before_request)
-            app.teardown_request(self._teardown_request)
         app.register_error_handler(PoolExhausted, self._shed_response)
         # failures.py: an unreachable database (or a dry pool outside shedding) is 503 too.
         register_error_handlers(
@@ -364,6 +446,8 @@ class Pooltender:
             reset_session=db.session.rollback,
         )
         self._add_routes(app, state)
+        # the request's unit of work and shed wait: begun around Flask, ended by the teardown
+        app.wsgi_app = RequestScope(app.wsgi_app, state, settings.shed_wait)  # type: ignore[method-assign]
         # admission control (issue 10): wraps app.wsgi_app, so it runs before Flask's request
         install_admission(
             app,
@@ -399,18 +483,6 @@ class Pooltender:
         state: _State = current_app.extensions["pooltender"]
         return state
 
-    def _begin_unit(self) -> None:
-        # the request is the unit of work that owns its checkouts, not the (reused) thread
-        g._pooltender_unit_token = begin_unit(f"request {request.method} {request.path}")
-
-    def _before_request(self) -> None:
-        g._pooltender_shed_token = begin_shed_wait(self._state().settings.shed_wait)
-
-    def _teardown_request(self, _exc: BaseException | None) -> None:
-        token = g.pop("_pooltender_shed_token", None)
-        if token is not None:
-            end_shed_wait(token)
-
     def _shed_response(self, error: PoolExhausted) -> Response:
         state = self._state()
         with state.lock:
@@ -427,40 +499,6 @@ class Pooltender:
         response.status_code = 503
         response.headers["Retry-After"] = str(state.options.retry_after)
         return response
-
-    def _teardown(self, _exc: BaseException | None) -> None:
-        """Safety net: a connection still held by this request (its unit of work) after the
-        session was removed was checked out outside the scoped session (a second Session, a
-        raw ``engine.connect()`` never closed) and would leak: log it once with where it was
-        checked out and count it; from then on it belongs to nobody, so later requests on
-        the same thread are not blamed. An app context without a request (a CLI command, a
-        consumer) checks what its owner (task or thread) holds, without disowning it.
-        """
-        state = current_app.extensions.get("pooltender")
-        if state is None:
-            return
-        token = g.pop("_pooltender_unit_token", None)
-        if token is not None:
-            leaks = [(leak.engine, leak.held, leak.where) for leak in end_unit_of_work(token)]
-        else:
-            leaks = [
-                (name, held, tuple(c.where for c in watch.open_checkouts_of_current_owner()))
-                for name, watch in state.watches().items()
-                if (held := watch.held_by_current_owner())
-            ]
-        if leaks:
-            with state.lock:
-                state.requests_leaked += 1
-        for engine, held, where in leaks:
-            log.warning(
-                "request ended with %d connection(s) of engine %s still checked out outside "
-                "db.session (checked out at: %s)",
-                held,
-                engine,
-                "; ".join(where) or "unknown",
-            )
-        if state.mirror is not None:
-            state.mirror.sync()
 
     # ------------------------------------------------------------------ endpoints
 

@@ -2,11 +2,13 @@
 
 The contract:
 
-* At checkout the tracker captures a *cheap* stack: ``(file, line, function)`` of each frame,
-  skipping SQLAlchemy's, Flask-SQLAlchemy's and pooltender's own frames, so the first frame is
-  the user's code that asked for the connection. No source text is read and no
-  ``traceback`` objects are built on the hot path; source lines are looked up (``linecache``)
-  only when a report is written.
+* At checkout the tracker captures a *cheap* stack (:func:`new_tracked`): one list of the
+  code object and instruction offset of each frame, from the first frame that is not
+  SQLAlchemy's, Flask-SQLAlchemy's or pooltender's own (the user's code that asked for the
+  connection) outward. Nothing is formatted on the hot path: line numbers, file names and
+  source text are worked out (``co_lines``, ``linecache``) only when a report is written.
+  The checkout's one record is a :class:`TrackedCheckout` (slots, no ``__init__`` call),
+  registered in the tracker's ``live`` dict under the watch's lock the checkout takes anyway.
 * One daemon sweeper thread per watch, started lazily on the first checkout (never at import),
   reports a connection held longer than the threshold **once**: a ``WARNING`` on the
   ``pooltender.watch`` logger with the stack and the held time, a counter, and a bounded list
@@ -33,7 +35,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any, Final, NamedTuple, Protocol
@@ -88,58 +90,80 @@ def _library_prefixes() -> tuple[str, ...]:
     return _skip_prefixes
 
 
-RawStack = tuple[tuple[CodeType, int], ...]
+#: A captured stack as the checkout left it: ``[code, offset, code, offset, ...]``, innermost
+#: first (code objects and ``f_lasti`` instruction offsets; no frame is kept, so no local
+#: variable is held alive). :func:`materialize` turns it into :class:`StackFrame` tuples.
+RawStack = list[Any]
 
-_is_library: dict[CodeType, bool] = {}
+#: ``co_filename`` of every code object seen by a capture, split into library and user files
+#: (a file's frames are all one or the other). Sets, so the frame walk tests membership with
+#: an operator, not a call; a filename string caches its hash.
+_library_files: set[str] = set()
+_user_files: set[str] = set()
 
 
 def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
-    """The hot-path half of :func:`capture_stack`: ``(code, line)`` pairs, innermost first.
+    """The hot-path half of :func:`capture_stack` (see :data:`RawStack`).
 
-    Walks ``sys._getframe`` directly. The innermost library frames (the pool, the engine,
-    the session, us: between the checkout and the user's code) are skipped by a per-code
-    object memo; from the first user frame on, ``limit`` frames are taken as they come, with
-    no test per frame, and a library frame among them (a Flask-SQLAlchemy or test-runner
-    frame further out) is dropped only by :func:`materialize`, when a report is written. So
-    a checkout costs a few attribute reads per frame. Code objects (not frames) are kept,
-    so no local variables are held alive.
+    Walks ``sys._getframe(depth)`` outward. The innermost library frames (the pool, the
+    engine, the session, us: between the checkout and the user's code) are skipped by
+    their file's membership in a set; from the first user frame on, ``limit`` frames are
+    taken as they come, with no test per frame, and a library frame among them (a
+    Flask-SQLAlchemy or test-runner frame further out) is dropped only by
+    :func:`materialize`, when a report is written. Per frame: a few attribute reads and one
+    set membership; no call, no allocation but the one list.
     """
     skip = _skip_prefixes or _library_prefixes()
-    known = _is_library
+    library, user = _library_files, _user_files
     frame: FrameType | None = sys._getframe(depth)
     while frame is not None:
-        code = frame.f_code
-        library = known.get(code)
-        if library is None:
-            library = known[code] = code.co_filename.startswith(skip)
-        if not library:
+        filename = frame.f_code.co_filename
+        if filename in user:
             break
+        if filename not in library:  # first sight of this file: classify it once
+            if not filename.startswith(skip):
+                user.add(filename)
+                break
+            library.add(filename)
         frame = frame.f_back
-    frames: list[tuple[CodeType, int]] = []
-    append = frames.append
-    for _ in range(limit):
-        if frame is None:
-            break
-        append((frame.f_code, frame.f_lineno))
+    size = 2 * limit
+    raw: RawStack = [None] * size
+    i = 0
+    while frame is not None and i < size:
+        raw[i] = frame.f_code
+        raw[i + 1] = frame.f_lasti
+        i += 2
         frame = frame.f_back
-    return tuple(frames)
+    del raw[i:]
+    return raw
 
 
 def _library_code(code: CodeType) -> bool:
-    library = _is_library.get(code)
-    if library is None:
-        library = _is_library[code] = code.co_filename.startswith(
-            _skip_prefixes or _library_prefixes()
-        )
+    filename = code.co_filename
+    if filename in _library_files:
+        return True
+    if filename in _user_files:
+        return False
+    library = filename.startswith(_skip_prefixes or _library_prefixes())
+    (_library_files if library else _user_files).add(filename)
     return library
+
+
+def _line(code: CodeType, offset: int) -> int:
+    """The source line of the instruction at byte ``offset`` of ``code`` (what
+    ``frame.f_lineno`` answers, worked out at report time from the offset kept)."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
 
 
 def materialize(raw: RawStack) -> Stack:
     """Turn a raw stack into :class:`StackFrame` tuples, library frames dropped (done only
     when reporting)."""
     return tuple(
-        StackFrame(code.co_filename, line, code.co_name)
-        for code, line in raw
+        StackFrame(code.co_filename, _line(code, offset), code.co_name)
+        for code, offset in zip(raw[::2], raw[1::2], strict=True)
         if not _library_code(code)
     )
 
@@ -170,9 +194,11 @@ def format_stack(stack: Stack, indent: str = "    ") -> str:
 class TrackedCheckout:
     """What the tracker keeps about one checkout: where it came from, and its report state.
 
-    ``seq`` is the watch's checkout number (a test guard compares it with its start);
-    ``open``, ``reported`` and ``owner`` (which becomes nobody when its unit of work ends with
-    it still out) change only under the watch's lock.
+    Built by :func:`new_tracked` (there is no ``__init__``: the checkout path sets the slots
+    itself and pays no extra Python call). ``seq`` is the watch's checkout number, given
+    under the watch's lock when the checkout is registered (a test guard compares it with
+    its start); ``open``, ``reported`` and ``owner`` (which becomes nobody when its unit of
+    work ends with it still out) change only under the watch's lock.
     """
 
     __slots__ = (
@@ -187,24 +213,37 @@ class TrackedCheckout:
         "thread_name",
     )
 
-    def __init__(
-        self, seq: int, started_ns: int, owner: Hashable, raw_stack: RawStack, proxy: Any
-    ) -> None:
-        self.seq = seq
-        self.owner = owner
-        self.started_ns = started_ns
-        self.raw_stack = raw_stack
-        self.thread_name = threading.current_thread().name
-        self.proxy_ref: weakref.ref[Any] = weakref.ref(proxy)
-        self.reported = False
-        self.open = True
-        self._stack: Stack | None = None
+    seq: int
+    owner: Hashable
+    started_ns: int
+    raw_stack: RawStack
+    thread_name: str
+    proxy_ref: weakref.ref[Any]
+    reported: bool
+    open: bool
+    _stack: Stack | None
 
     @property
     def stack(self) -> Stack:
         if self._stack is None:
             self._stack = materialize(self.raw_stack)
         return self._stack
+
+
+def new_tracked(started_ns: int, owner: Hashable, proxy: Any) -> TrackedCheckout:
+    """A checkout's record, its stack captured from the caller outward (numbered and
+    registered later, under the watch's lock). Called on every checkout with detection on."""
+    tracked = TrackedCheckout()
+    tracked.raw_stack = capture_raw_stack(STACK_LIMIT, 2)
+    tracked.seq = 0
+    tracked.started_ns = started_ns
+    tracked.owner = owner
+    tracked.thread_name = threading.current_thread().name
+    tracked.proxy_ref = weakref.ref(proxy)
+    tracked.reported = False
+    tracked.open = True
+    tracked._stack = None
+    return tracked
 
 
 @dataclass(frozen=True)
@@ -268,17 +307,29 @@ class LeakSink(Protocol):
 
 
 class Tracker(Protocol):
-    """The leak-tracking strategy a watch holds. Methods run on the checkout/checkin path."""
+    """The leak-tracking strategy a watch holds.
 
-    def on_checkout(
-        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
-    ) -> TrackedCheckout | None:
-        """Capture what the strategy needs (stack, proxy weakref), numbered from
-        ``numbering`` (the watch's checkout counter); start the sweeper lazily. Called on
-        every checkout, detection on or off (off: returns None and numbers nothing)."""
+    The checkout and checkin paths do not call it: with detection on, the watch builds each
+    checkout's record with :func:`new_tracked` and adds it to (removes it from) ``live``
+    under its own lock, in the critical section it takes for its counts anyway; ``live`` is
+    None when detection is off. Only a checkin that has something to tell (a reported leak
+    came back, or the garbage collector returned it) calls :meth:`returned`.
+    """
 
-    def on_checkin(self, tracked: TrackedCheckout | None, now_ns: int) -> None:
-        """The connection came back (or was detached); ``tracked`` is what checkout returned."""
+    #: the tracked checkouts not yet returned, by ``seq`` (mutated under the watch's lock);
+    #: None: detection is off
+    live: dict[int, TrackedCheckout] | None
+
+    def needs_sweeper(self) -> bool:
+        """True until the sweeper thread is started (the watch starts it, lazily, on the
+        first checkout with :meth:`start_sweeper`)."""
+
+    def start_sweeper(self) -> None:
+        """Start the sweeper thread if it is not running yet (idempotent)."""
+
+    def returned(self, tracked: TrackedCheckout, now_ns: int) -> None:
+        """``tracked`` came back at ``now_ns`` (already out of ``live``), after being
+        reported as a leak, or through the garbage collector: log and count it."""
 
     def open_checkouts(self) -> list[TrackedCheckout]:
         """The tracked checkouts not yet returned, oldest first."""
@@ -292,16 +343,19 @@ class Tracker(Protocol):
 
 
 class _NoTracking:
-    """Leak detection off: every method does nothing (HikariCP's ``NO_LEAK`` task)."""
+    """Leak detection off: nothing is tracked (HikariCP's ``NO_LEAK`` task)."""
 
     __slots__ = ()
 
-    def on_checkout(
-        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
-    ) -> TrackedCheckout | None:
+    live: dict[int, TrackedCheckout] | None = None
+
+    def needs_sweeper(self) -> bool:
+        return False
+
+    def start_sweeper(self) -> None:
         return None
 
-    def on_checkin(self, tracked: TrackedCheckout | None, now_ns: int) -> None:
+    def returned(self, tracked: TrackedCheckout, now_ns: int) -> None:
         return None
 
     def open_checkouts(self) -> list[TrackedCheckout]:
@@ -318,9 +372,10 @@ NO_TRACKING: Final[Tracker] = _NoTracking()
 
 
 class StackTracker:
-    """Captures stacks at checkout; reports leaks past ``threshold`` seconds (``inf`` = never).
+    """Keeps the checkouts with their stacks; reports leaks past ``threshold`` seconds
+    (``inf`` = never).
 
-    Keeps its own registry of the checkouts it tracks (``open_checkouts()``). ``lock`` is the
+    ``live`` is its registry (filled by the watch, see :class:`Tracker`). ``lock`` is the
     watch's lock, held for the few dict operations and flag flips that a report and the
     matching checkin must not interleave.
     """
@@ -337,7 +392,7 @@ class StackTracker:
             raise ValueError(f"leak threshold must be > 0 seconds (or inf), got {threshold!r}")
         self.threshold = threshold
         self._threshold_ns = threshold * 1e9
-        self._live: dict[int, TrackedCheckout] = {}
+        self.live: dict[int, TrackedCheckout] | None = {}
         self._lock = lock
         self._sink = sink
         self._name = name
@@ -347,28 +402,21 @@ class StackTracker:
         # Sweep often enough that a report lands within ~25 % of the threshold, at most 1 s.
         self.interval = min(max(threshold / 4, 0.01), 1.0) if threshold != float("inf") else 0
 
-    def on_checkout(
-        self, numbering: Iterator[int], started_ns: int, owner: Hashable, proxy: Any
-    ) -> TrackedCheckout | None:
-        if self._sweeper is None and self.interval:
-            self._start_sweeper()
-        seq = next(numbering)
-        tracked = TrackedCheckout(seq, started_ns, owner, capture_raw_stack(depth=3), proxy)
-        with self._lock:
-            self._live[seq] = tracked
-        return tracked
+    @property
+    def _live(self) -> dict[int, TrackedCheckout]:
+        live = self.live
+        assert live is not None  # a StackTracker always has its registry
+        return live
 
-    def on_checkin(self, tracked: TrackedCheckout | None, now_ns: int) -> None:
-        if tracked is None:
-            return
-        with self._lock:
-            tracked.open = False
-            self._live.pop(tracked.seq, None)
-        collected = tracked.proxy_ref() is None
-        if not (collected or tracked.reported):
-            return  # the usual checkin: nothing to tell
+    def needs_sweeper(self) -> bool:
+        return bool(self.interval) and self._sweeper is None and not self._stopped.is_set()
+
+    def start_sweeper(self) -> None:
+        self._start_sweeper()
+
+    def returned(self, tracked: TrackedCheckout, now_ns: int) -> None:
         held = (now_ns - tracked.started_ns) / 1e9
-        if collected:
+        if tracked.proxy_ref() is None:
             self._sink.gc_returned(
                 GcReturnReport(
                     seq=tracked.seq,

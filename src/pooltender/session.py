@@ -185,8 +185,16 @@ def retry_transaction(
     attempt = 1
     while True:
         try:
-            with transaction_scope(session) as current:
-                return fn(current)
+            # transaction_scope(session), written out: this runs once per request, and the
+            # context manager's generator and frames cost more than the four lines
+            current = _current(session)
+            try:
+                result = fn(current)
+                current.commit()
+            except BaseException:
+                _rollback_quietly(current)
+                raise
+            return result
         except DBAPIError as err:
             if not reconnected and is_retryable_disconnect(err):
                 # The connection died under a statement, before COMMIT: the server rolled the

@@ -24,10 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final
 
-__all__ = ["NOBODY", "UnitOfWork", "begin_unit", "current_owner", "current_unit", "reset_unit"]
+__all__ = [
+    "NOBODY",
+    "ScopedUnit",
+    "UnitOfWork",
+    "begin_unit",
+    "current_owner",
+    "current_unit",
+    "enter_unit",
+    "leave_unit",
+    "reset_unit",
+]
 
 
 class UnitOfWork:
@@ -41,6 +51,22 @@ class UnitOfWork:
 
     def __repr__(self) -> str:
         return f"<unit of work {self.name}>"
+
+
+class ScopedUnit(UnitOfWork):
+    """A unit of work begun in one place and ended in another (the Flask extension begins a
+    request's unit in its WSGI wrapper and ends it in its app-context teardown): it carries
+    the context-variable tokens its end resets, so the two halves share no other storage
+    (no ``flask.g``, no lookup). ``scope`` is whoever began it (only that one ends it);
+    ``shed_token`` is the token of a shed wait begun with it, or None."""
+
+    __slots__ = ("scope", "shed_token", "token")
+
+    def __init__(self, name: str, scope: object) -> None:
+        self.name = name
+        self.scope = scope
+        self.shed_token: contextvars.Token[float | None] | None = None
+        self.token = _unit.set(self)
 
 
 class _Nobody:
@@ -59,15 +85,20 @@ _unit: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
     "pooltender_unit_of_work", default=None
 )
 _unit_get = _unit.get
+#: ``enter_unit(unit)`` makes ``unit`` the current one and returns the token for
+#: ``leave_unit(token)`` (the context variable's own methods: one C call each, for callers on
+#: a per-request path that keep the token themselves).
+enter_unit: Final = _unit.set
+leave_unit: Final = _unit.reset
 _running_loop = asyncio._get_running_loop  # None outside a loop; never raises (unlike
 # asyncio.get_running_loop / current_task), so the checkout path pays no exception
 _current_task = asyncio.current_task
 _thread = threading.get_ident
 
 
-def current_unit() -> UnitOfWork | None:
-    """The unit of work begun in this context, or None."""
-    return _unit_get()
+#: ``current_unit()``: the unit of work begun in this context, or None. (The context
+#: variable's own ``get``: one C call, no Python frame, for the per-request paths.)
+current_unit: Final[Callable[[], UnitOfWork | None]] = _unit_get
 
 
 def current_owner() -> Hashable:

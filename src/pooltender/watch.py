@@ -30,8 +30,11 @@ The hot path -- checkout and checkin -- is where a choice was needed:
   one lock acquisition, the checkin under another. Figures: ``bench/watch_overhead.py``
   (``--breakdown`` prints the CPU cost of each operation), ``docs/benchmarks.md``.
 * The bookkeeping is written inline in those two steps (no method calls), on a ``__slots__``
-  object (``_Hot``) the pool holds directly; histogram values within the first bucket -- the
-  usual checkout wait, short holds -- are counted with one comparison instead of ``bisect``;
+  object (``_Hot``) the pool holds directly; histogram values within the first four buckets
+  -- the usual checkout wait and hold -- are placed by comparisons instead of ``bisect``;
+  the owner is read with one ``ContextVar.get`` (``current_owner`` is called only outside a
+  unit of work); leak tracking adds one :func:`pooltender.leaks.new_tracked` call and
+  registers its record in the same critical section;
   ``checkouts`` and ``checkins`` are not counted separately (``checkins`` is the hold-time
   histogram's count, ``checkouts = checkins + checked_out``); ``connect()`` calls
   ``_ConnectionFairy._checkout`` (what ``Pool.connect`` does) and ``_do_return_conn`` does
@@ -66,7 +69,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import os
 import threading
@@ -94,6 +96,7 @@ from pooltender.leaks import (
     Tracker,
     capture_stack,
     format_stack,
+    new_tracked,
     stack_where,
 )
 from pooltender.stats import (
@@ -103,7 +106,14 @@ from pooltender.stats import (
     PoolStats,
     SecondCheckoutReport,
 )
-from pooltender.units import NOBODY, UnitOfWork, begin_unit, current_owner, reset_unit
+from pooltender.units import (
+    NOBODY,
+    UnitOfWork,
+    begin_unit,
+    current_owner,
+    current_unit,
+    reset_unit,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -124,6 +134,7 @@ __all__ = [
     "WatchedQueuePool",
     "end_unit_of_work",
     "install_watch",
+    "release_everywhere",
     "task_owner",
     "unit_scope",
     "watch_of",
@@ -177,12 +188,17 @@ _pool_checkout: Callable[[QueuePool], PoolProxiedConnection] = (
 
 class _Hot:
     """The state the checkout and checkin steps update, in slots (the cheapest attribute
-    access CPython has), all guarded by ``lock`` except ``seq`` (an ``itertools.count``,
-    atomic by itself). :class:`WatchedQueuePool` holds it directly; the watch owns it.
+    access CPython has), all guarded by ``lock``. :class:`WatchedQueuePool` holds it
+    directly; the watch owns it.
 
-    ``wait_first`` / ``hold_first`` are the first histogram bounds in ns: a value at or
-    below it (the usual checkout wait on a pool with idle connections, and any short hold)
-    is counted with one comparison instead of a ``bisect`` call.
+    Leak detection: ``live`` is the tracker's registry of open tracked checkouts (None when
+    detection is off), filled and emptied in the same critical section as the counts;
+    ``seq`` numbers tracked checkouts (under the lock); ``sweeper`` is the tracker until its
+    sweeper thread is started on the first tracked checkout, then None.
+
+    ``wait_bounds`` / ``hold_bounds`` are the histogram bounds in ns: a value within the
+    first four buckets (the usual checkout wait on a pool with idle connections, and the
+    usual hold) is placed by comparisons, without a ``bisect`` call.
     """
 
     __slots__ = (
@@ -191,8 +207,8 @@ class _Hot:
         "high",
         "hold_bounds",
         "hold_counts",
-        "hold_first",
         "hold_total",
+        "live",
         "lock",
         "observers",
         "out",
@@ -200,10 +216,11 @@ class _Hot:
         "release",
         "report_second",
         "seq",
+        "sweeper",
         "tracker",
+        "unit_first",
         "wait_bounds",
         "wait_counts",
-        "wait_first",
         "wait_total",
         "watch",
     )
@@ -213,13 +230,13 @@ class _Hot:
     ) -> None:
         self.watch = watch
         self.owner = owner
+        # the default owner: the checkout path reads the unit itself (one C call) and calls
+        # current_owner only outside a unit of work
+        self.unit_first = owner is current_owner
         self.report_second = report_second
-        self.tracker: Tracker = NO_TRACKING  # the watch's tracker (do-nothing when off)
         self.observers: list[Observer] = []  # PoolWatch.add_observer; empty = one truth test
         self.wait_bounds = _bounds_ns(CHECKOUT_WAIT_BUCKETS)
-        self.wait_first = self.wait_bounds[0]
         self.hold_bounds = _bounds_ns(HOLD_TIME_BUCKETS)
-        self.hold_first = self.hold_bounds[0]
         self.start()
 
     def start(self) -> None:
@@ -227,10 +244,12 @@ class _Hot:
         parent's lock may be held by a thread that does not exist and its counts are not
         this process's)."""
         self.lock = threading.Lock()
+        # bound once: acquire() / try / finally release() costs half a `with lock:` in CPython
         self.acquire = self.lock.acquire
         self.release = self.lock.release
         self.held: dict[Hashable, int] = {}  # owner -> connections it holds now
-        self.seq = itertools.count(1)  # numbers tracked checkouts; atomic without the lock
+        self.seq = 0  # the last tracked checkout's number
+        self.set_tracker(NO_TRACKING)
         self.out = 0
         self.high = 0
         # histograms: counts per bucket (last = +Inf) and a sum in ns
@@ -238,6 +257,14 @@ class _Hot:
         self.wait_total = 0
         self.hold_counts = [0] * (len(HOLD_TIME_BUCKETS) + 1)
         self.hold_total = 0
+
+    def set_tracker(self, tracker: Tracker) -> None:
+        """Leak detection by ``tracker`` from the next checkout on (:data:`NO_TRACKING`:
+        off). Three attribute stores; a checkout in flight sees the old or the new registry
+        (it reads ``live`` again under the lock before it registers)."""
+        self.tracker = tracker
+        self.sweeper = tracker if tracker.needs_sweeper() else None
+        self.live = tracker.live
 
     def checkins(self) -> int:
         """Checkins so far: each one is an observation of the hold-time histogram. (Under
@@ -276,8 +303,23 @@ class WatchedQueuePool(QueuePool):
         record = proxy._connection_record
         if record is None:  # pragma: no cover - a fresh checkout always has its record
             return proxy
-        owner = hot.owner()
+        owner: Hashable | None = current_unit() if hot.unit_first else None
+        if owner is None:
+            owner = hot.owner()
         waited = now - started
+        bounds = hot.wait_bounds
+        if waited <= bounds[0]:
+            bucket = 0
+        elif waited <= bounds[1]:
+            bucket = 1
+        elif waited <= bounds[2]:
+            bucket = 2
+        elif waited <= bounds[3]:
+            bucket = 3
+        else:
+            bucket = bisect_left(bounds, waited)
+        # leak detection: the stack is captured outside the lock; None when detection is off
+        tracked = None if hot.live is None else new_tracked(now, owner, proxy)
         # same bookkeeping as PoolWatch._begin, inlined
         hot.acquire()
         try:
@@ -285,17 +327,20 @@ class WatchedQueuePool(QueuePool):
             if out > hot.high:
                 hot.high = out
             held_by = hot.held
-            held = held_by[owner] = held_by.get(owner, 0) + 1
-            if waited <= hot.wait_first:
-                hot.wait_counts[0] += 1
-            else:
-                hot.wait_counts[bisect_left(hot.wait_bounds, waited)] += 1
+            held = held_by[owner] = (held_by[owner] + 1) if owner in held_by else 1
+            hot.wait_counts[bucket] += 1
             hot.wait_total += waited
+            if tracked is not None:
+                live = hot.live  # read again: detection may have been reconfigured meanwhile
+                if live is not None:
+                    seq = tracked.seq = hot.seq = hot.seq + 1
+                    live[seq] = tracked
         finally:
             hot.release()
         if observed:
             hot.watch._observe("wait", waited)
-        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)  # None when off
+        if hot.sweeper is not None:  # the first tracked checkout starts the leak sweeper
+            hot.watch._start_sweeper()
         # record_info belongs to this checkout alone until the caller gets the connection
         record.record_info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
@@ -313,28 +358,42 @@ class WatchedQueuePool(QueuePool):
                 started, owner, tracked = info[_KEY]
                 del info[_KEY]
                 held_for = now - started
+                bounds = hot.hold_bounds
+                if held_for <= bounds[0]:
+                    bucket = 0
+                elif held_for <= bounds[1]:
+                    bucket = 1
+                elif held_for <= bounds[2]:
+                    bucket = 2
+                elif held_for <= bounds[3]:
+                    bucket = 3
+                else:
+                    bucket = bisect_left(bounds, held_for)
                 # same bookkeeping as PoolWatch._end, inlined
                 hot.acquire()
                 try:
                     hot.out -= 1
-                    if held_for <= hot.hold_first:
-                        hot.hold_counts[0] += 1
-                    else:
-                        hot.hold_counts[bisect_left(hot.hold_bounds, held_for)] += 1
+                    hot.hold_counts[bucket] += 1
                     hot.hold_total += held_for
                     held_by = hot.held
-                    held = held_by.get(owner, 0) - 1
+                    held = (held_by[owner] - 1) if owner in held_by else -1
                     if held > 0:
                         held_by[owner] = held
                     elif held == 0:
                         del held_by[owner]
                     # else its unit of work ended with it out: disowned, held by nobody
+                    if tracked is not None:
+                        tracked.open = False  # under the lock: the sweeper tests it there
+                        live = hot.live
+                        if live is not None and tracked.seq in live:
+                            del live[tracked.seq]
                 finally:
                     hot.release()
                 if hot.observers:
                     hot.watch._observe("use", held_for)
-                if tracked is not None:
-                    hot.tracker.on_checkin(tracked, now)  # = watch._tracker, no property call
+                # the usual checkin has nothing to tell: a weakref call and a flag test
+                if tracked is not None and (tracked.reported or tracked.proxy_ref() is None):
+                    hot.tracker.returned(tracked, now)
         # QueuePool._do_return_conn, inlined (one Python frame less per checkin)
         try:
             self._pool.put(record, False)
@@ -428,7 +487,15 @@ class PoolWatch:
 
     @_tracker.setter
     def _tracker(self, tracker: Tracker) -> None:
-        self._hot.tracker = tracker
+        self._hot.set_tracker(tracker)
+
+    def _start_sweeper(self) -> None:
+        """The first tracked checkout: start the tracker's sweeper thread (once)."""
+        hot = self._hot
+        tracker = hot.sweeper
+        if tracker is not None:
+            hot.sweeper = None
+            tracker.start_sweeper()
 
     @property
     def leak_threshold(self) -> float:
@@ -496,6 +563,7 @@ class PoolWatch:
             with _REGISTRY_LOCK:
                 if _WATCHES.get(engine) is self:
                     del _WATCHES[engine]
+                _rebuild_hots()
         self._listeners = []
         self._tracker.stop()
         self._tracker = NO_TRACKING
@@ -521,12 +589,18 @@ class PoolWatch:
         measured). :meth:`WatchedQueuePool.connect` does the same inline, plus the wait."""
         hot = self._hot
         owner = hot.owner()
+        tracked = None if hot.live is None else new_tracked(now, owner, proxy)
         with hot.lock:
             out = hot.out = hot.out + 1
             if out > hot.high:
                 hot.high = out
             held = hot.held[owner] = hot.held.get(owner, 0) + 1
-        tracked = hot.tracker.on_checkout(hot.seq, now, owner, proxy)
+            live = hot.live
+            if tracked is not None and live is not None:
+                seq = tracked.seq = hot.seq = hot.seq + 1
+                live[seq] = tracked
+        if hot.sweeper is not None:
+            self._start_sweeper()
         info[_KEY] = (now, owner, tracked)
         if held > 1 and hot.report_second:
             self._second_checkout(owner, tracked, held)
@@ -549,10 +623,15 @@ class PoolWatch:
                 hot.held[owner] = held
             elif held == 0:
                 del hot.held[owner]
+            if tracked is not None:
+                tracked.open = False
+                live = hot.live
+                if live is not None:
+                    live.pop(tracked.seq, None)
         if hot.observers:
             self._observe("use", held_for)
-        if tracked is not None:
-            self._tracker.on_checkin(tracked, now)
+        if tracked is not None and (tracked.reported or tracked.proxy_ref() is None):
+            hot.tracker.returned(tracked, now)
 
     def _on_checkout(
         self,
@@ -720,7 +799,10 @@ class PoolWatch:
 
     def next_seq(self) -> int:
         """A checkout number no earlier checkout has and every later one exceeds."""
-        return next(self._hot.seq)
+        hot = self._hot
+        with hot.lock:
+            seq = hot.seq = hot.seq + 1
+        return seq
 
     def open_checkouts(self) -> tuple[OpenCheckout, ...]:
         """Connections checked out now with their stacks, oldest first.
@@ -826,6 +908,17 @@ class PoolWatch:
 
 _WATCHES: weakref.WeakKeyDictionary[Engine, PoolWatch] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
+#: The hot state of every installed watch, for the end of a unit of work
+#: (:func:`release_everywhere`): a tuple replaced whole under ``_REGISTRY_LOCK`` at install
+#: and removal, so a reader iterates one consistent tuple without the lock (reading a module
+#: global is atomic).
+_HOTS: tuple[_Hot, ...] = ()
+
+
+def _rebuild_hots() -> None:
+    """Under ``_REGISTRY_LOCK``: ``_HOTS`` from the installed watches."""
+    global _HOTS
+    _HOTS = tuple(watch._hot for watch in _WATCHES.values())
 
 
 class WatchOptions(TypedDict, total=False):
@@ -868,6 +961,7 @@ def install_watch(
             )
             watch._attach(engine)
             _WATCHES[engine] = watch
+            _rebuild_hots()
             return watch
     if leak_threshold > 0 and leak_threshold != watch.leak_threshold:
         watch.configure(leak_threshold=leak_threshold)
@@ -910,10 +1004,24 @@ def end_unit_of_work(token: contextvars.Token[UnitOfWork | None]) -> tuple[UnitL
     unit = reset_unit(token)
     if unit is None:
         return ()
-    with _REGISTRY_LOCK:
-        watches = list(_WATCHES.values())
-    leaks = [leak for watch in watches if (leak := watch.release_unit(unit)) is not None]
-    return tuple(leaks)
+    return release_everywhere(unit)
+
+
+def release_everywhere(unit: Hashable) -> tuple[UnitLeak, ...]:
+    """``unit`` ended: release it from every watch (:meth:`PoolWatch.release_unit`) and
+    return what it still held, for the caller to report once.
+
+    The usual end of a unit holds nothing: that case is one dict membership test per watch,
+    no lock and no call. It is safe without the lock because only the unit's own context
+    checks out for it, and that context is ending, so no entry for it can appear meanwhile.
+    """
+    hots = _HOTS
+    for hot in hots:
+        if unit in hot.held:
+            break
+    else:
+        return ()
+    return tuple(leak for hot in hots if (leak := hot.watch.release_unit(unit)) is not None)
 
 
 @contextmanager

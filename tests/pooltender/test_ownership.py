@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from pooltender.flask import Pooltender
 from pooltender.session import unit_of_work
+from pooltender.shedding import current_shed_wait
+from pooltender.units import UnitOfWork, current_unit
 from pooltender.watch import WatchedQueuePool, install_watch, watch_of
 from tests.conftest import create_database, drop_database
 
@@ -159,3 +161,47 @@ def test_asyncio_tasks_are_owners_of_their_own(engine: Engine) -> None:
     assert stats.checkouts == 2
     assert stats.high_water_checked_out == 2  # both out at once, on one thread ...
     assert stats.second_checkouts == 0  # ... but each task holds only its own
+
+
+def test_the_request_scope_begins_and_ends_the_unit_and_shed_wait_of_each_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RequestScope (the WSGI wrapper) begins the request's unit and shed wait; the teardown
+    ends both, once, after the session was removed; an app context pushed inside the view is
+    not the request's end."""
+    db = SQLAlchemy()
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'scope.db'}", POOLTENDER_SHED_WAIT=0.25
+    )
+    Pooltender(app, db, public=True)
+    seen: list[tuple[Any, Any, Any, float | None]] = []
+
+    @app.get("/nested")
+    def nested() -> dict[str, bool]:
+        db.session.execute(text("SELECT 1"))  # the request holds a connection meanwhile
+        before = current_unit()
+        with app.app_context():  # a nested app context: its teardown must not end the unit
+            pass
+        seen.append((before, current_unit(), before.name if before else None, current_shed_wait()))
+        return {"ok": True}
+
+    caplog.set_level(logging.WARNING, logger="pooltender")
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/nested").status_code == 200
+    (first, first_after, name, wait), (second, _, _, _) = seen
+    assert isinstance(first, UnitOfWork)
+    assert first_after is first
+    assert name == "request GET /nested"
+    assert wait == 0.25
+    assert second is not first  # one unit per request
+    assert current_unit() is None
+    assert current_shed_wait() is None
+    assert [r.getMessage() for r in caplog.records] == []  # no false "still checked out"
+    assert app.extensions["pooltender"].requests_leaked == 0
+    with app.app_context():
+        stats = watch_of(db.engine).stats()  # type: ignore[union-attr]
+        db.engine.dispose()
+    assert stats.checked_out == 0
+    assert stats.second_checkouts == 0

@@ -124,8 +124,12 @@ class AdmissionMiddleware:
         return False
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.exempt and self.is_exempt(environ.get("PATH_INFO") or "/"):
-            return self.app(environ, start_response)
+        exempt = self.exempt
+        if exempt:
+            path = environ.get("PATH_INFO") or "/"
+            # the usual, admitted path: one C call (is_exempt checks the segment boundary)
+            if path.startswith(exempt) and self.is_exempt(path):
+                return self.app(environ, start_response)
         try:
             admission = self.limiter.acquire()
         except Overloaded as exc:
