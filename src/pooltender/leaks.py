@@ -5,8 +5,10 @@ The contract:
 * At checkout the tracker captures a *cheap* stack (:func:`new_tracked`): one list of the
   code object and instruction offset of each frame, from the first frame that is not
   SQLAlchemy's, Flask-SQLAlchemy's or pooltender's own (the user's code that asked for the
-  connection) outward. Nothing is formatted on the hot path: line numbers, file names and
-  source text are worked out (``co_lines``, ``linecache``) only when a report is written.
+  connection) outward, up to the framework that called the user's code (Flask's dispatch,
+  the test runner) or :data:`STACK_LIMIT` frames. Nothing is formatted on the hot path:
+  line numbers, file names and source text are worked out (``co_lines``, ``linecache``)
+  only when a report is written.
   The checkout's one record is a :class:`TrackedCheckout` (slots, no ``__init__`` call),
   registered in the tracker's ``live`` dict under the watch's lock the checkout takes anyway.
 * One daemon sweeper thread per watch, started lazily on the first checkout (never at import),
@@ -42,7 +44,8 @@ from typing import Any, Final, NamedTuple, Protocol
 
 logger = logging.getLogger("pooltender.watch")
 
-#: How many user frames a captured stack keeps (innermost first).
+#: The most user frames a captured stack keeps (innermost first); a capture also stops at
+#: the first frame of the framework that called the user's code (see capture_raw_stack).
 STACK_LIMIT: Final = 12
 
 
