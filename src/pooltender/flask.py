@@ -102,7 +102,7 @@ from pooltender.settings import (
 )
 from pooltender.shedding import PoolExhausted, SheddingQueuePool, begin_shed_wait, end_shed_wait
 from pooltender.stats import PoolStats, pool_stats_json
-from pooltender.units import ScopedUnit, current_unit, leave_unit
+from pooltender.units import ScopedUnit, current_unit, enter_unit, leave_unit
 from pooltender.watch import PoolWatch, install_watch, release_everywhere, watch_of
 
 if TYPE_CHECKING:  # prometheus-client is the optional `prometheus` extra: imported lazily
@@ -323,6 +323,9 @@ class _State:
             )
 
 
+_new_unit = object.__new__
+
+
 class RequestScope:
     """The WSGI wrapper that begins each request's unit of work (and its shed wait) before
     Flask sees the request; :meth:`_State.teardown` ends both.
@@ -346,11 +349,12 @@ class RequestScope:
         self.shed_wait = shed_wait
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        unit = ScopedUnit(
-            f"request {environ['REQUEST_METHOD']} {environ.get('PATH_INFO') or '/'}", self.state
-        )
-        if self.shed:
-            unit.shed_token = begin_shed_wait(self.shed_wait)
+        # ScopedUnit(name, state) with its slots set here: no __init__ frame per request
+        unit = _new_unit(ScopedUnit)
+        unit.name = f"request {environ['REQUEST_METHOD']} {environ.get('PATH_INFO') or '/'}"
+        unit.scope = self.state
+        unit.shed_token = begin_shed_wait(self.shed_wait) if self.shed else None
+        unit.token = enter_unit(unit)
         return self.app(environ, start_response)
 
 

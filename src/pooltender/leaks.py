@@ -5,8 +5,10 @@ The contract:
 * At checkout the tracker captures a *cheap* stack (:func:`new_tracked`): one list of the
   code object and instruction offset of each frame, from the first frame that is not
   SQLAlchemy's, Flask-SQLAlchemy's or pooltender's own (the user's code that asked for the
-  connection) outward. Nothing is formatted on the hot path: line numbers, file names and
-  source text are worked out (``co_lines``, ``linecache``) only when a report is written.
+  connection) outward, up to the framework that called the user's code (Flask's dispatch,
+  the test runner) or :data:`STACK_LIMIT` frames. Nothing is formatted on the hot path:
+  line numbers, file names and source text are worked out (``co_lines``, ``linecache``)
+  only when a report is written.
   The checkout's one record is a :class:`TrackedCheckout` (slots, no ``__init__`` call),
   registered in the tracker's ``live`` dict under the watch's lock the checkout takes anyway.
 * One daemon sweeper thread per watch, started lazily on the first checkout (never at import),
@@ -42,7 +44,8 @@ from typing import Any, Final, NamedTuple, Protocol
 
 logger = logging.getLogger("pooltender.watch")
 
-#: How many user frames a captured stack keeps (innermost first).
+#: The most user frames a captured stack keeps (innermost first); a capture also stops at
+#: the first frame of the framework that called the user's code (see capture_raw_stack).
 STACK_LIMIT: Final = 12
 
 
@@ -90,6 +93,27 @@ def _library_prefixes() -> tuple[str, ...]:
     return _skip_prefixes
 
 
+_framework_prefixes: tuple[str, ...] | None = None
+
+
+def _framework_dirs() -> tuple[str, ...]:
+    """Directories of the code that *calls* the user's (the web framework, the WSGI server,
+    the test runner): a captured stack ends at the first of their frames, since what lies
+    beyond (request dispatch, the server loop) is the same for every checkout and names
+    nothing of the user's. Found without importing them."""
+    global _framework_prefixes
+    if _framework_prefixes is None:
+        import importlib.util
+
+        dirs = []
+        for package in ("flask", "werkzeug", "gunicorn", "_pytest", "pluggy"):
+            spec = importlib.util.find_spec(package)
+            if spec is not None and spec.origin:
+                dirs.append(os.path.dirname(spec.origin) + os.sep)
+        _framework_prefixes = tuple(dirs)
+    return _framework_prefixes
+
+
 #: A captured stack as the checkout left it: ``[code, offset, code, offset, ...]``, innermost
 #: first (code objects and ``f_lasti`` instruction offsets; no frame is kept, so no local
 #: variable is held alive). :func:`materialize` turns it into :class:`StackFrame` tuples.
@@ -100,6 +124,10 @@ RawStack = list[Any]
 #: an operator, not a call; a filename string caches its hash.
 _library_files: set[str] = set()
 _user_files: set[str] = set()
+#: ``co_filename`` of the files seen past the first user frame, split the same way into the
+#: framework's (where a capture stops) and the rest (kept).
+_framework_files: set[str] = set()
+_kept_files: set[str] = set()
 
 
 def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
@@ -107,9 +135,13 @@ def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
 
     Walks ``sys._getframe(depth)`` outward. The innermost library frames (the pool, the
     engine, the session, us: between the checkout and the user's code) are skipped by
-    their file's membership in a set; from the first user frame on, ``limit`` frames are
-    taken as they come, with no test per frame, and a library frame among them (a
-    Flask-SQLAlchemy or test-runner frame further out) is dropped only by
+    their file's membership in a set; from the first user frame on, up to ``limit`` frames
+    are taken, stopping before the first frame of the framework that called the user's code
+    (Flask, Werkzeug, gunicorn, the test runner: see :func:`_framework_dirs`), so a request's
+    checkout keeps the handful of frames from its view down and does not make CPython
+    materialize the dispatch frames beyond (each frame walked costs about a thousand
+    instructions: the frame object is created for the walk). A library frame among those
+    kept (pooltender's retry loop, Flask-SQLAlchemy) is dropped only by
     :func:`materialize`, when a report is written. Per frame: a few attribute reads and one
     set membership; no call, no allocation but the one list.
     """
@@ -128,9 +160,24 @@ def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
         frame = frame.f_back
     size = 2 * limit
     raw: RawStack = [None] * size
+    kept = _kept_files
     i = 0
+    if frame is not None and size:  # the first user frame is kept whatever its file
+        raw[0] = frame.f_code
+        raw[1] = frame.f_lasti
+        i = 2
+        frame = frame.f_back
     while frame is not None and i < size:
-        raw[i] = frame.f_code
+        code = frame.f_code
+        if code.co_filename not in kept:  # the framework's, or first sight of this file
+            filename = code.co_filename
+            if filename in _framework_files:
+                break
+            if filename.startswith(_framework_prefixes or _framework_dirs()):
+                _framework_files.add(filename)
+                break
+            kept.add(filename)
+        raw[i] = code
         raw[i + 1] = frame.f_lasti
         i += 2
         frame = frame.f_back

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Final, cast
 
 from sqlalchemy import exc
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -67,15 +67,13 @@ def current_shed_wait() -> float | None:
     return _shed_wait.get()
 
 
-def begin_shed_wait(seconds: float | None) -> contextvars.Token[float | None]:
-    """From now on in this context, a checkout waits at most ``seconds``; pass the returned
-    token to :func:`end_shed_wait` (for hooks that cannot wrap a ``with`` block)."""
-    return _shed_wait.set(seconds)
-
-
-def end_shed_wait(token: contextvars.Token[float | None]) -> None:
-    """Undo the matching :func:`begin_shed_wait`."""
-    _shed_wait.reset(token)
+#: ``begin_shed_wait(seconds)``: from now on in this context, a checkout waits at most
+#: ``seconds``; pass the returned token to :func:`end_shed_wait` (for hooks that cannot wrap
+#: a ``with`` block). The context variable's own methods, so each is one C call and no
+#: Python frame: the Flask extension calls both once per request.
+begin_shed_wait: Final = _shed_wait.set
+#: ``end_shed_wait(token)``: undo the matching :func:`begin_shed_wait`.
+end_shed_wait: Final = _shed_wait.reset
 
 
 @contextmanager
@@ -103,7 +101,9 @@ class SheddingQueuePool(WatchedQueuePool):
     @property
     def _timeout(self) -> float:
         wait = _shed_wait.get()
-        return self._pool_timeout if wait is None else min(wait, self._pool_timeout)
+        pool_timeout = self._pool_timeout
+        # min(wait, pool_timeout) without the call: read on every checkout
+        return pool_timeout if wait is None or wait >= pool_timeout else wait
 
     @_timeout.setter
     def _timeout(self, value: float) -> None:

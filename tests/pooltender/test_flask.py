@@ -218,6 +218,38 @@ def test_a_leaked_connection_is_reported_with_file_and_line(server_url: str) -> 
             db.engine.dispose()
 
 
+def test_a_views_checkout_stack_stops_before_flasks_dispatch(server_url: str) -> None:
+    """Leak detection keeps the frames from the user's code down to the view and stops at
+    the framework that called it: the report names the checkout's line and the view, and no
+    Flask or Werkzeug frame (walking those made every checkout pay for them)."""
+    app, db = make_app(server_url, POOLTENDER_LEAK_THRESHOLD=60)
+    seen: list[tuple[str, ...]] = []
+
+    def check_out() -> None:
+        watch = watch_of(db.engine)
+        assert watch is not None
+        with db.engine.connect():  # stack-site
+            (checkout,) = watch.open_checkouts()
+            seen.append(tuple(f"{f.filename}:{f.function}" for f in checkout.stack))
+            seen.append((checkout.where,))
+
+    @app.get("/stack")
+    def stack_view() -> dict[str, bool]:
+        check_out()
+        return {"ok": True}
+
+    try:
+        assert app.test_client().get("/stack").status_code == 200
+        frames, (where,) = seen
+        source = Path(__file__).read_text().splitlines()
+        line = next(n for n, t in enumerate(source, 1) if "connect():  # stack-site" in t)
+        assert where == f"{__file__}:{line}"
+        assert frames == (f"{__file__}:check_out", f"{__file__}:stack_view"), frames
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
 def test_budget_check_refuses_a_fleet_the_server_cannot_hold(server_url: str) -> None:
     with pytest.raises(BudgetError) as refused:
         make_app(

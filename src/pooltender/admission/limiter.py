@@ -155,7 +155,18 @@ class Admission:
         if self._released:
             return
         self._released = True
-        self._limiter._release(self, dropped, sample)
+        limiter = self._limiter
+        with limiter._lock:
+            now = limiter._clock()
+            if sample:
+                limiter._limit.on_sample_at(now, now - self.started, self.in_flight, dropped)
+            if limiter._queue:  # somebody waits: hand slots over (the limiter's slow path)
+                limiter._hand_over(now)
+            else:  # the usual release: nothing else to do under the lock
+                limiter._in_flight -= 1
+
+
+_new_admission = object.__new__  # the acquire fast path's constructor (no __init__ frame)
 
 
 @dataclass(frozen=True)
@@ -273,12 +284,21 @@ class AdmissionLimiter:
         lock = self._lock
         with lock:
             now = clock()
+            # The fast path (spare capacity, nobody waiting): one lock, one clock reading,
+            # a comparison and two increments; the admission is built without an __init__
+            # frame (its slots are set here).
             if self._in_flight < self._limit.limit and not self._queue:
                 self._in_flight = in_flight = self._in_flight + 1
                 self._admitted_at_once += 1
                 if in_flight > self._high_in_flight:
                     self._high_in_flight = in_flight
-                return Admission(self, now, in_flight, 0.0)
+                admitted = _new_admission(Admission)
+                admitted._limiter = self
+                admitted.started = now
+                admitted.in_flight = in_flight
+                admitted.waited = 0.0
+                admitted._released = False
+                return admitted
             queued = len(self._queue)
             if queued >= self.max_queue:
                 raise self._refuse_now(SHED_QUEUE_FULL, now, queued)
@@ -336,24 +356,23 @@ class AdmissionLimiter:
         self._last_shed = now
         return Overloaded(reason, 0.0, self._limit.limit, self._in_flight, queued)
 
-    def _release(self, admission: Admission, dropped: bool, sample: bool) -> None:
-        with self._lock:
-            now = self._clock()
-            if sample:
-                self._limit.on_sample_at(now, now - admission.started, admission.in_flight, dropped)
-            limit = self._limit.limit
-            in_flight = self._in_flight - 1
-            queue = self._queue
-            lifo = queue and self._standing(now)
-            while queue and in_flight < limit:
-                # Fail at Scale's adaptive LIFO: newest first while the queue is standing.
-                waiter = queue.pop() if lifo else queue.popleft()
-                in_flight += 1
-                waiter.admission = Admission(self, now, in_flight, 0.0)
-                waiter.gate.release()
-            self._in_flight = in_flight
-            if in_flight > self._high_in_flight:
-                self._high_in_flight = in_flight
+    def _hand_over(self, now: float) -> None:
+        """A request ended at ``now`` while others wait: give the freed slot (and any the
+        limit grew by) to waiters, ``LifoBlockingLimiter.unblock``'s direct hand-over. The
+        caller (:meth:`Admission.release`) holds the lock and has fed the limit."""
+        limit = self._limit.limit
+        in_flight = self._in_flight - 1
+        queue = self._queue
+        lifo = queue and self._standing(now)
+        while queue and in_flight < limit:
+            # Fail at Scale's adaptive LIFO: newest first while the queue is standing.
+            waiter = queue.pop() if lifo else queue.popleft()
+            in_flight += 1
+            waiter.admission = Admission(self, now, in_flight, 0.0)
+            waiter.gate.release()
+        self._in_flight = in_flight
+        if in_flight > self._high_in_flight:
+            self._high_in_flight = in_flight
 
     # ------------------------------------------------------------------ reading
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
@@ -300,15 +299,6 @@ class VegasLimit:
         return f"VegasLimit(limit={self.limit}, rtt_noload={self.rtt_noload:.6f})"
 
 
-@dataclass
-class _Window:
-    count: int = 0
-    total: float = 0.0
-    min_rtt: float = math.inf
-    max_in_flight: int = 0
-    dropped: bool = False
-
-
 class WindowedLimit:
     """Netflix ``WindowedLimit``: one aggregate sample per window to the wrapped algorithm.
 
@@ -318,7 +308,28 @@ class WindowedLimit:
     ``clamp(2 x the window's minimum latency, min_window, max_window)`` seconds. Samples
     shorter than ``min_rtt`` (100 us) are ignored as not measuring anything (Netflix's
     threshold). Defaults are Netflix's: 1 s windows of at least 10 samples.
+
+    The per-request part is the accumulation alone: a few comparisons and additions on
+    plain attributes, no call; the algorithm runs once per window. ``limit`` is a plain
+    attribute, the algorithm's limit as of its last window (refreshed each time the
+    algorithm is fed, and by :meth:`refresh` after the algorithm was changed otherwise), so
+    the limiter reads it without a property call on every acquire and release.
     """
+
+    __slots__ = (
+        "_count",
+        "_dropped",
+        "_max_in_flight",
+        "_min_rtt",
+        "_next_update",
+        "_total",
+        "delegate",
+        "limit",
+        "max_window",
+        "min_rtt",
+        "min_samples",
+        "min_window",
+    )
 
     def __init__(
         self,
@@ -332,28 +343,46 @@ class WindowedLimit:
         self.delegate = delegate
         self.min_window, self.max_window = min_window, max_window
         self.min_samples, self.min_rtt = min_samples, min_rtt
-        self._window = _Window()
+        self._reset()
         self._next_update = 0.0
+        self.limit: int = delegate.limit
 
-    @property
-    def limit(self) -> int:
-        return self.delegate.limit
+    def _reset(self) -> None:
+        self._count = 0
+        self._total = 0.0
+        self._min_rtt = math.inf
+        self._max_in_flight = 0
+        self._dropped = False
+
+    def refresh(self) -> int:
+        """Re-read the algorithm's limit (after changing the algorithm directly)."""
+        self.limit = self.delegate.limit
+        return self.limit
 
     def on_sample_at(self, end: float, rtt: float, in_flight: int, dropped: bool) -> None:
         """Add a sample that ended at monotonic time ``end``."""
         if rtt < self.min_rtt:
             return
-        w = self._window
-        w.count += 1
-        w.total += rtt
-        w.min_rtt = min(w.min_rtt, rtt)
-        w.max_in_flight = max(w.max_in_flight, in_flight)
-        w.dropped = w.dropped or dropped
+        self._count += 1
+        self._total += rtt
+        if rtt < self._min_rtt:
+            self._min_rtt = rtt
+        if in_flight > self._max_in_flight:
+            self._max_in_flight = in_flight
+        if dropped:
+            self._dropped = True
         if end > self._next_update:
-            self._window = _Window()
-            self._next_update = end + min(max(w.min_rtt * 2, self.min_window), self.max_window)
-            if w.count >= self.min_samples:
-                self.delegate.on_sample(w.total / w.count, w.max_in_flight, w.dropped)
+            self._flush(end)
+
+    def _flush(self, end: float) -> None:
+        """Close the window that ``end`` ended: feed the algorithm, start the next one."""
+        count, total, min_rtt = self._count, self._total, self._min_rtt
+        max_in_flight, dropped = self._max_in_flight, self._dropped
+        self._reset()
+        self._next_update = end + min(max(min_rtt * 2, self.min_window), self.max_window)
+        if count >= self.min_samples:
+            self.delegate.on_sample(total / count, max_in_flight, dropped)
+            self.limit = self.delegate.limit
 
     def __repr__(self) -> str:
         return f"WindowedLimit({self.delegate!r})"
