@@ -52,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
 
+from _quiet import LoadAverage, check_quiet, fmt_load, load_avg
 from _service import ROOT, ProcessGroup, log_tail
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
@@ -84,16 +85,8 @@ class Result:
     bound_per_process: int
     within_bound: bool
     samples: int
-    load_before: list[float]
-    load_after: list[float]
-
-
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def fmt_load(load: list[float]) -> str:
-    return " ".join(f"{x:.2f}" for x in load)
+    load_before: LoadAverage
+    load_after: LoadAverage
 
 
 def admin_engine(url: str) -> Engine:
@@ -387,22 +380,10 @@ def _interrupt(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    load = load_avg()
-    print(f"load average before the benchmark: {fmt_load(load)} ({os.cpu_count()} CPUs)")
-    busy = load[0] > args.max_load
-    if busy and not args.allow_busy:
-        print(
-            f"error: the 1-minute load average is {load[0]:.2f} (> {args.max_load}); a figure "
-            "from a loaded machine is not a figure. Stop what else runs, or pass --allow-busy "
-            "for a run whose figures are not valid.",
-            file=sys.stderr,
-        )
+    quiet = check_quiet(args.max_load, args.allow_busy)
+    if quiet is None:
         return 1
-    if busy:
-        print(
-            f"\n!!! WARNING: load average {load[0]:.2f} > {args.max_load}: the machine is busy; "
-            "THESE FIGURES ARE NOT VALID (harness check only) !!!\n"
-        )
+    load, busy = quiet
     if args.quick:
         print(
             f"SMOKE RUN (--quick): {args.events} events per run; the figures are not measurements\n"

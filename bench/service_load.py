@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._paths
 
 import _prom
+from _quiet import check_quiet, fmt_load, load_avg
 from _samples import Summary, read_samples, summarize
 from _service import (
     AdmissionSampler,
@@ -199,14 +200,6 @@ DEFAULT_PHASES = ("saturation", "saturation+key", "hot", "reference", "overload"
 
 
 # --------------------------------------------------------------------------- one run
-
-
-def load_avg() -> tuple[float, float, float]:
-    return os.getloadavg()
-
-
-def fmt_load(load: tuple[float, float, float]) -> str:
-    return f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
 
 
 @dataclass
@@ -880,22 +873,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (scripts/ensure-system-deps.sh wrk)", file=sys.stderr)
         return 1
-    load = load_avg()
-    print(f"load average before the benchmark: {fmt_load(load)} ({os.cpu_count()} CPUs)")
-    busy = load[0] > args.max_load
-    if busy and not args.allow_busy:
-        print(
-            f"error: the 1-minute load average is {load[0]:.2f} (> {args.max_load}); a figure "
-            "from a loaded machine is not a figure. Stop what else runs, or pass --allow-busy "
-            "for a run whose figures are not valid.",
-            file=sys.stderr,
-        )
+    quiet = check_quiet(args.max_load, args.allow_busy)
+    if quiet is None:
         return 1
-    if busy:
-        print(
-            f"\n!!! WARNING: load average {load[0]:.2f} > {args.max_load}: the machine is busy; "
-            "THESE FIGURES ARE NOT VALID (harness check only) !!!\n"
-        )
+    load, busy = quiet
     if args.quick:
         print("SMOKE RUN (--quick): short windows, one round; the figures are not measurements\n")
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
