@@ -1,5 +1,6 @@
 """``coupons serve`` for real in a test: gunicorn in a child process on a free port, waited
-for until it answers, stopped with SIGTERM (then SIGKILL) however the test ends."""
+for until it answers, stopped with SIGTERM (then SIGKILL) however the test ends; and
+``coupons demo --no-serve`` as a newcomer runs it (:func:`run_demo`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,31 @@ def serve_env(database_url: str, **extra: str) -> dict[str, str]:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # coupons serve must make its own
     env.update(extra)
     return env
+
+
+def newcomer_env() -> dict[str, str]:
+    """A newcomer's environment: this checkout's code, development mode, and no database,
+    broker, dashboard or secret setting."""
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "COUPONS_ENV": "development"}
+    for key in ("DATABASE_URL", "BROKER_URL", "POOLTENDER_DASHBOARD", "SECRET_KEY"):
+        env.pop(key, None)
+    return env
+
+
+def run_demo(cwd: Path, port: int = 8765) -> subprocess.CompletedProcess[str]:
+    """``coupons demo --no-serve`` in ``cwd`` in :func:`newcomer_env`; asserts it exited 0."""
+    env = newcomer_env()
+    done = subprocess.run(
+        [sys.executable, "-c", "from coupons.cli import main; main()", "demo", "--no-serve"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PORT": str(port)},
+        cwd=cwd,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def children(pid: int) -> list[int]:

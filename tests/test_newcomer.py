@@ -23,6 +23,7 @@ from sqlalchemy import text
 from pooltender.dashboard import DEFAULT_DASHBOARD_PATH
 from pooltender.flask import Pooltender
 from tests._paths import pythonpath
+from tests._serve import newcomer_env, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = pythonpath()  # both source trees: pooltender and coupons
@@ -71,19 +72,7 @@ def test_the_dashboard_on_sqlite_is_a_pool_only_view_that_says_why(tmp_path: Pat
 
 
 def test_the_demo_banner_prints_the_dashboard_url_and_it_is_served(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": SRC, "COUPONS_ENV": "development"}
-    for key in ("DATABASE_URL", "BROKER_URL", "POOLTENDER_DASHBOARD", "SECRET_KEY"):
-        env.pop(key, None)
-    done = subprocess.run(
-        [sys.executable, "-c", "from coupons.cli import main; main()", "demo", "--no-serve"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "PORT": "8765"},
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_demo(tmp_path)
     match = re.search(r"^  dashboard +http://127\.0\.0\.1:8765(/\S+/) ", done.stdout, re.M)
     assert match, done.stdout
     path = match.group(1)
@@ -92,7 +81,7 @@ def test_the_demo_banner_prints_the_dashboard_url_and_it_is_served(tmp_path: Pat
     from coupons.app import create_app
     from coupons.config import Settings
 
-    demo_env = {**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'coupons.db'}"}
+    demo_env = {**newcomer_env(), "DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'coupons.db'}"}
     demo_env.update(
         POOLTENDER_DASHBOARD="true",
         SECRET_KEY=(tmp_path / "var" / "demo-secret-key").read_text().strip(),

@@ -8,10 +8,7 @@ with headless Chromium on SQLite (the demo's database: the pool-only dashboard).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -29,7 +26,7 @@ from coupons.api.signin import ADMIN_PAGE_COOKIE, SIGN_IN_PATH
 from coupons.db import db
 from coupons.migrate import upgrade
 from coupons.services import auth
-from tests._paths import pythonpath
+from tests._serve import run_demo
 from tests.conftest import empty_tables, make_settings
 
 PASSWORD = "Sign-in-pass-8c1f-not-logged"
@@ -338,19 +335,7 @@ def test_in_chromium_an_admin_signs_in_and_sees_the_dashboard(
 
 def test_the_demo_banner_and_the_readme_give_the_sign_in_url(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": pythonpath(), "COUPONS_ENV": "development"}
-    for key in ("DATABASE_URL", "BROKER_URL", "POOLTENDER_DASHBOARD", "SECRET_KEY"):
-        env.pop(key, None)
-    done = subprocess.run(
-        [sys.executable, "-c", "from coupons.cli import main; main()", "demo", "--no-serve"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "PORT": "8765"},
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_demo(tmp_path)
     match = re.search(r"^  sign in +http://127\.0\.0\.1:8765(/\S+) ", done.stdout, re.M)
     assert match, done.stdout
     assert match.group(1) == SIGN_IN_PATH
