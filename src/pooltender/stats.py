@@ -62,6 +62,11 @@ class HistogramSnapshot:
     def p99(self) -> float:
         return self.quantile(0.99)
 
+    def to_json(self) -> dict[str, float]:
+        """The JSON form (``/pooltender/stats``, the dashboard): count, and mean, p50 and p99
+        in seconds."""
+        return {"count": self.count, "mean_s": self.mean, "p50_s": self.p50, "p99_s": self.p99}
+
     def cumulative(self) -> tuple[tuple[float, int], ...]:
         """``(le, cumulative count)`` pairs, the last with ``le = inf``."""
         out: list[tuple[float, int]] = []
@@ -180,12 +185,7 @@ def pool_stats_json(stats: PoolStats) -> dict[str, Any]:
     for f in dataclasses.fields(stats):
         value = getattr(stats, f.name)
         if isinstance(value, HistogramSnapshot):
-            out[f.name] = {
-                "count": value.count,
-                "mean_s": value.mean,
-                "p50_s": value.p50,
-                "p99_s": value.p99,
-            }
+            out[f.name] = value.to_json()
         elif isinstance(value, tuple):
             out[f.name] = [str(item) for item in value]
         else:

@@ -185,14 +185,6 @@ def admission_json(installed: InstalledAdmission | None) -> dict[str, Any]:
         return {"enabled": False}
     stats = installed.limiter.stats()
 
-    def hist(snapshot: Any) -> dict[str, float]:
-        return {
-            "count": snapshot.count,
-            "mean_s": snapshot.mean,
-            "p50_s": snapshot.p50,
-            "p99_s": snapshot.p99,
-        }
-
     return {
         "enabled": True,
         "pid": os.getpid(),  # which worker answered (one limiter per process)
@@ -205,8 +197,8 @@ def admission_json(installed: InstalledAdmission | None) -> dict[str, Any]:
         "admitted_after_wait": stats.admitted_after_wait,
         "shed": stats.shed,
         "shed_total": stats.shed_total,
-        "queue_wait": hist(stats.queue_wait),
-        "shed_wait": hist(stats.shed_wait),
+        "queue_wait": stats.queue_wait.to_json(),
+        "shed_wait": stats.shed_wait.to_json(),
         "high_water_in_flight": stats.high_water_in_flight,
         "high_water_queue": stats.high_water_queue,
         "settings": installed.settings.as_json(),
