@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import exc as sa_exc
 
+from pooltender.text import one_line
+
 if TYPE_CHECKING:
     from flask import Flask, Response
 
@@ -220,8 +222,7 @@ def describe(error: BaseException) -> str:
         source = error.orig
     text = str(source).strip()
     # SQLAlchemy appends the statement and "(Background on this error at: ...)"; keep line 1.
-    first = text.splitlines()[0] if text else type(source).__name__
-    return " ".join(first.split())[:500]
+    return one_line(text.splitlines()[0] if text else type(source).__name__, 500)
 
 
 # --------------------------------------------------------------------------- Flask

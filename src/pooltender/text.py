@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["CREDENTIAL_PARAMETERS", "MASK", "first_line", "mask_url", "scrub"]
+__all__ = ["CREDENTIAL_PARAMETERS", "MASK", "first_line", "mask_url", "one_line", "scrub"]
 
 MASK: Final = "***"
 
@@ -81,6 +81,13 @@ def scrub(message: str, url: str | None = None) -> str:
                 message = message.replace(secret, MASK)
     message = _USERINFO_PASSWORD.sub(rf"\1{MASK}@", message)
     return _CREDENTIAL_QUERY.sub(rf"\1{MASK}", message)
+
+
+def one_line(value: object, limit: int | None = None) -> str:
+    """``str(value)`` with every run of whitespace (newlines included) folded to one space,
+    cut to ``limit`` characters: a message that stays one line in a log or a CLI answer."""
+    text = " ".join(str(value).split())
+    return text if limit is None else text[:limit]
 
 
 def first_line(exc: BaseException, *, with_type: bool = True) -> str:

@@ -40,7 +40,7 @@ from pooltender.budget import (
 from pooltender.queueing import MMcQueue, simulate_open, smallest_pool
 from pooltender.server.limits import Backend, ServerLimits
 from pooltender.settings import DEFAULT_PREFIX, PoolSettings, SettingsError
-from pooltender.text import first_line, scrub
+from pooltender.text import first_line, one_line, scrub
 from pooltender.text import mask_url as mask_url  # re-exported: the old home of mask_url
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_ERROR = 0, 1, 2
@@ -324,7 +324,7 @@ def budget(
         else:
             limits, source = None, "none (give --url or --max-connections for a verdict)"
     except (SettingsError, ValueError, OSError) as exc:
-        raise BudgetCommandError(clean(_one_line(exc))) from None
+        raise BudgetCommandError(clean(one_line(exc))) from None
 
     problems = pool.check_against_server(limits) if limits is not None else ()
     report = ConnectionBudget(shape, pool).report(limits, problems, backend=kind)
@@ -380,7 +380,7 @@ def _with_load(
             if target is not None:
                 proxy_pool = smallest_pool(per_proxy, hold, max_wait=target).servers
     except (SettingsError, ValueError) as exc:
-        raise BudgetCommandError(_one_line(exc)) from None
+        raise BudgetCommandError(one_line(exc)) from None
     return BudgetOutcome(
         report=report,
         server_source=source,
@@ -390,10 +390,6 @@ def _with_load(
         proxy_pool_for_target=proxy_pool,
         target_wait=target,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _terms_table(title: str, terms: Sequence[BudgetTerm], total_label: str, total: int) -> Any:

@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from coupons.config import ConfigError, Settings, default_database_url, mask_url
 from pooltender.failures import Failure, classify, describe
+from pooltender.text import one_line
 
 
 def load_settings() -> Settings:
@@ -62,8 +63,8 @@ def database_failure_message(error: BaseException) -> str:
 def broker_failure_message(error: BaseException) -> str:
     """``BROKER_URL=amqp://guest:***@host//: broker unavailable: [Errno 111] ...``."""
     url = mask_url(os.environ.get("BROKER_URL") or "memory://")
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"BROKER_URL={url}: broker unavailable: {text[:500]}"
+    text = one_line(error, 500) or type(error).__name__
+    return f"BROKER_URL={url}: broker unavailable: {text}"
 
 
 class CouponsGroup(click.Group):
