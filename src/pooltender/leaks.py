@@ -130,34 +130,76 @@ _framework_files: set[str] = set()
 _kept_files: set[str] = set()
 
 
+#: Where the first user frame stood, the last time a full walk found it, below each code
+#: object that called into the checkout: ``{entry code: (offset, code of the library frame
+#: just below the user frame)}``. The chain of library frames between the pool and the user's
+#: code is the same, call after call, for a given entry (the engine's ``raw_connection``
+#: called from the session's connection step), so a capture can jump straight to the user
+#: frame with :func:`sys._getframe`, which walks CPython's frames without materializing a
+#: frame object for each (the walk by ``f_back`` materializes every one, about 2,500
+#: instructions apiece: the frames skipped were most of leak detection's cost). Bounded:
+#: cleared when it reaches :data:`_ENTRY_HINTS_MAX` entries.
+_entry_hints: dict[CodeType, tuple[int, CodeType | None]] = {}
+_ENTRY_HINTS_MAX: Final = 256
+
+
 def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
     """The hot-path half of :func:`capture_stack` (see :data:`RawStack`).
 
-    Walks ``sys._getframe(depth)`` outward. The innermost library frames (the pool, the
-    engine, the session, us: between the checkout and the user's code) are skipped by
-    their file's membership in a set; from the first user frame on, up to ``limit`` frames
-    are taken, stopping before the first frame of the framework that called the user's code
-    (Flask, Werkzeug, gunicorn, the test runner: see :func:`_framework_dirs`), so a request's
-    checkout keeps the handful of frames from its view down and does not make CPython
-    materialize the dispatch frames beyond (each frame walked costs about a thousand
-    instructions: the frame object is created for the walk). A library frame among those
-    kept (pooltender's retry loop, Flask-SQLAlchemy) is dropped only by
-    :func:`materialize`, when a report is written. Per frame: a few attribute reads and one
-    set membership; no call, no allocation but the one list.
+    Finds the first user frame outward from ``sys._getframe(depth)``: the innermost library
+    frames (the pool, the engine, the session, us: between the checkout and the user's code)
+    are skipped by their file's membership in a set. Their number is learnt per entry point
+    (:data:`_entry_hints`) and checked on each use at both ends of the jump (the entry's
+    code, and the library frame just below the user frame is the same code as when learnt,
+    the frame above it a user file's), so the usual capture materializes three frames where
+    the walk would materialize every library frame; a hint that no longer holds falls back
+    to the walk, which learns it again. From the first user frame on, up to ``limit``
+    frames are taken, stopping before the first frame of the framework that called the
+    user's code (Flask, Werkzeug, gunicorn, the test runner: see :func:`_framework_dirs`), so
+    a request's checkout keeps the handful of frames from its view down and does not make
+    CPython materialize the dispatch frames beyond. A library frame among those kept
+    (pooltender's retry loop, Flask-SQLAlchemy) is dropped only by :func:`materialize`,
+    when a report is written. Per frame: a few attribute reads and one set membership; no
+    call, no allocation but the one list.
     """
     skip = _skip_prefixes or _library_prefixes()
     library, user = _library_files, _user_files
-    frame: FrameType | None = sys._getframe(depth)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if filename in user:
-            break
-        if filename not in library:  # first sight of this file: classify it once
-            if not filename.startswith(skip):
-                user.add(filename)
+    entry = sys._getframe(depth)
+    frame: FrameType | None = None
+    hint = _entry_hints.get(entry.f_code)
+    if hint is not None:
+        offset, below = hint
+        if offset == 0:
+            frame = entry
+        else:
+            try:
+                last_library = sys._getframe(depth + offset - 1)
+            except ValueError:  # a shallower stack than when learnt
+                last_library = None
+            if last_library is not None and last_library.f_code is below:
+                candidate = last_library.f_back
+                if candidate is not None and candidate.f_code.co_filename in user:
+                    frame = candidate
+    if frame is None:  # no hint, or it did not hold: walk, and learn the hint
+        frame = entry
+        offset = 0
+        below = None
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename in user:
                 break
-            library.add(filename)
-        frame = frame.f_back
+            if filename not in library:  # first sight of this file: classify it once
+                if not filename.startswith(skip):
+                    user.add(filename)
+                    break
+                library.add(filename)
+            below = frame.f_code
+            frame = frame.f_back
+            offset += 1
+        if frame is not None:
+            if len(_entry_hints) >= _ENTRY_HINTS_MAX:
+                _entry_hints.clear()
+            _entry_hints[entry.f_code] = (offset, below)
     size = 2 * limit
     raw: RawStack = [None] * size
     kept = _kept_files

@@ -333,6 +333,50 @@ def test_stack_skips_library_frames(sqlite_engine: Engine) -> None:
     session.close()
 
 
+def test_stacks_stay_right_when_checkout_paths_of_different_depths_alternate(
+    sqlite_engine: Engine,
+) -> None:
+    """The capture learns how many library frames lie between the pool and the user's code
+    (pooltender.leaks._entry_hints) and jumps there; a path with another depth must not be
+    blamed on the line the hint was learnt from, nor a direct pool checkout."""
+    watch = install_watch(sqlite_engine, capture_stacks=True)
+
+    def via_session() -> None:
+        session = Session(bind=sqlite_engine)
+        session.execute(text("SELECT 1"))  # path-session
+        (checkout,) = watch.open_checkouts()
+        assert (checkout.stack[0].filename, checkout.stack[0].lineno) == (
+            __file__,
+            line_of("# path-session"),
+        )
+        session.close()
+
+    def via_engine() -> None:
+        with sqlite_engine.connect() as conn:  # path-engine
+            (checkout,) = watch.open_checkouts()
+            assert (checkout.stack[0].filename, checkout.stack[0].lineno) == (
+                __file__,
+                line_of("# path-engine"),
+            )
+            conn.execute(text("SELECT 1"))
+
+    def via_pool() -> None:
+        proxy = sqlite_engine.pool.connect()  # path-pool
+        (checkout,) = watch.open_checkouts()
+        assert (checkout.stack[0].filename, checkout.stack[0].lineno) == (
+            __file__,
+            line_of("# path-pool"),
+        )
+        proxy.close()
+
+    for _ in range(3):
+        via_session()
+        via_session()  # the hint learnt by the call before holds
+        via_engine()
+        via_pool()
+        via_engine()
+
+
 # ---------------------------------------------------------------------------- MariaDB threads
 
 
