@@ -115,6 +115,15 @@ CONFIGS = {
             "1+0", "1+0 per worker", {"POOLTENDER_POOL_SIZE": "1", "POOLTENDER_MAX_OVERFLOW": "0"}
         ),
         Config(
+            "2+0-b1",
+            "2+0, standing backlog 1",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_BACKLOG": "1",
+            },
+        ),
+        Config(
             "2+0-fixed",
             "2+0, admission fixed at 2",
             {

@@ -24,6 +24,7 @@ def test_defaults_follow_the_pool_cap() -> None:
     assert settings.jitter is None  # Retry-After jittered by POOLTENDER_RETRY_AFTER seconds
     assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.05)
     assert settings.queue == 64
+    assert settings.backlog is None  # the limit: one waiter per slot under a standing queue
     assert settings.exempt == DEFAULT_EXEMPT == ("/healthz", "/readyz", "/metrics", "/pooltender")
     # a maximum below the cap pulls the derived initial limit down with it
     low = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_MAX": "2"}, pool_cap=6)
@@ -110,6 +111,9 @@ def test_each_algorithm_name_builds_its_limit(name: str, kind: type) -> None:
         ({"POOLTENDER_ADMISSION_EXEMPT": "healthz"}, "POOLTENDER_ADMISSION_EXEMPT", "with '/'"),
         ({"POOLTENDER_ADMISSION_TARGTE": "0.01"}, "POOLTENDER_ADMISSION_TARGTE", "did you mean"),
         ({"POOLTENDER_ADMISSION_JITTER": "-1"}, "POOLTENDER_ADMISSION_JITTER", "0"),
+        ({"POOLTENDER_ADMISSION_BACKLOG": "-1"}, "POOLTENDER_ADMISSION_BACKLOG", "0"),
+        ({"POOLTENDER_ADMISSION_BACKLOG": "one"}, "POOLTENDER_ADMISSION_BACKLOG", "whole number"),
+        ({"POOLTENDER_ADMISSION_BACKLOG": ""}, "POOLTENDER_ADMISSION_BACKLOG", "empty"),
     ],
 )
 def test_invalid_settings_are_refused(values: dict[str, Any], key: str, says: str) -> None:
@@ -135,3 +139,50 @@ def test_the_extension_refuses_bad_admission_settings_before_building_engines() 
         Pooltender(app, db, public=True)
     assert "sqlalchemy" not in app.extensions  # nothing was built
     assert "pooltender" not in app.extensions
+
+
+def test_the_standing_backlog_setting_reaches_the_limiter() -> None:
+    """POOLTENDER_ADMISSION_BACKLOG=1: under a standing queue one request may wait, the next
+    newcomer is refused at once (0 s waited); unset, the backlog is the limit."""
+    import threading
+    import time
+
+    from pooltender.admission import Overloaded
+
+    settings = AdmissionSettings.from_mapping(
+        {
+            "POOLTENDER_ADMISSION_LIMIT": "fixed",
+            "POOLTENDER_ADMISSION_INITIAL": "2",
+            "POOLTENDER_ADMISSION_BACKLOG": "1",
+            "POOLTENDER_ADMISSION_TARGET": "0.05",
+            "POOLTENDER_ADMISSION_INTERVAL": "0.1",
+            "POOLTENDER_ADMISSION_TIMEOUT": "5",
+        },
+        pool_cap=2,
+    )
+    assert settings.backlog == 1
+    assert settings.as_json()["backlog"] == 1
+    limiter = build_limiter(settings)
+    assert limiter.standing_backlog == 1
+    held = [limiter.acquire(), limiter.acquire()]  # the limit of 2 in flight
+    outcomes: list[str] = []
+
+    def wait_for_a_slot() -> None:
+        try:
+            limiter.acquire().release()
+            outcomes.append("admitted")
+        except Overloaded as exc:
+            outcomes.append(exc.reason)
+
+    early = threading.Thread(target=wait_for_a_slot)
+    early.start()
+    time.sleep(0.3)  # the queue has been non-empty for longer than the interval: standing
+    with pytest.raises(Overloaded) as refused:  # a second waiter is beyond the backlog of 1
+        limiter.acquire()
+    assert (refused.value.reason, refused.value.waited) == ("standing_queue", 0.0)
+    held.pop().release()  # the slot goes to the waiter
+    early.join(10)
+    held.pop().release()
+    assert outcomes == ["admitted"]
+    unset = AdmissionSettings.from_mapping({}, pool_cap=2)
+    assert build_limiter(unset).standing_backlog is None

@@ -112,6 +112,7 @@ def build_limiter(settings: AdmissionSettings) -> AdmissionLimiter:
     return AdmissionLimiter(
         build_limit(settings),
         max_queue=settings.queue,
+        standing_backlog=settings.backlog,
         target=settings.target,
         interval=settings.interval,
         timeout=settings.timeout,

@@ -10,6 +10,9 @@ key                                default      meaning
 ``POOLTENDER_ADMISSION_MIN``       pool cap     the limit never goes below this
 ``POOLTENDER_ADMISSION_MAX``       2 x cap      ... nor above this
 ``POOLTENDER_ADMISSION_QUEUE``     64           most requests waiting at once (0: no queue)
+``POOLTENDER_ADMISSION_BACKLOG``   the limit    most requests waiting while the queue is
+                                                standing; a newcomer beyond it is refused at
+                                                once (0: none wait under a standing queue)
 ``POOLTENDER_ADMISSION_TARGET``    0.005        seconds a request may wait under a standing queue
 ``POOLTENDER_ADMISSION_INTERVAL``  0.1          seconds the queue must stay non-empty to be standing
 ``POOLTENDER_ADMISSION_TIMEOUT``   0.05         seconds a request may wait when the queue drained
@@ -93,6 +96,7 @@ _FIELDS: Final[dict[str, tuple[str, type]]] = {
     "minimum": ("ADMISSION_MIN", int),
     "maximum": ("ADMISSION_MAX", int),
     "queue": ("ADMISSION_QUEUE", int),
+    "backlog": ("ADMISSION_BACKLOG", int),
     "target": ("ADMISSION_TARGET", float),
     "interval": ("ADMISSION_INTERVAL", float),
     "timeout": ("ADMISSION_TIMEOUT", float),
@@ -121,6 +125,7 @@ class AdmissionSettings:
     minimum: int | None = None
     maximum: int | None = None
     queue: int = 64
+    backlog: int | None = None
     target: float = 0.005
     interval: float = 0.1
     timeout: float = 0.05
@@ -176,7 +181,7 @@ class AdmissionSettings:
 
         for name, (_suffix, kind) in _FIELDS.items():
             value = getattr(self, name)
-            if value is None and name in ("initial", "minimum", "maximum", "jitter"):
+            if value is None and name in ("initial", "minimum", "maximum", "jitter", "backlog"):
                 continue
             if kind is bool and not isinstance(value, bool):
                 bad(name, "must be true or false")
@@ -214,6 +219,8 @@ class AdmissionSettings:
             bad("jitter", "must be 0 (Retry-After exactly POOLTENDER_RETRY_AFTER) or more")
         if self.queue < 0:
             bad("queue", "must be 0 (shed at once when the limit is reached) or more")
+        if self.backlog is not None and self.backlog < 0:
+            bad("backlog", "must be 0 (no waiter under a standing queue) or more")
         if self.target <= 0:
             bad("target", "must be more than 0 seconds (e.g. 0.005)")
         if self.interval <= 0:
@@ -248,6 +255,7 @@ class AdmissionSettings:
             "min": self.min_limit,
             "max": self.max_limit,
             "queue": self.queue,
+            "backlog": self.backlog,
             "target_s": self.target,
             "interval_s": self.interval,
             "timeout_s": self.timeout,
