@@ -115,6 +115,15 @@ CONFIGS = {
             "1+0", "1+0 per worker", {"POOLTENDER_POOL_SIZE": "1", "POOLTENDER_MAX_OVERFLOW": "0"}
         ),
         Config(
+            "2+0-t20",
+            "2+0, standing wait 20 ms",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_TARGET": "0.02",
+            },
+        ),
+        Config(
             "2+0-b1",
             "2+0, standing backlog 1",
             {
