@@ -124,6 +124,15 @@ CONFIGS = {
             },
         ),
         Config(
+            "2+0-max8",
+            "2+0, admission 2..8",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_MAX": "8",
+            },
+        ),
+        Config(
             "2+0-b1",
             "2+0, standing backlog 1",
             {
