@@ -130,15 +130,16 @@ _framework_files: set[str] = set()
 _kept_files: set[str] = set()
 
 
-#: Where the first user frame stood, the last time a full walk found it, below each code
-#: object that called into the checkout: ``{entry code: (offset, code of the library frame
-#: just below the user frame)}``. The chain of library frames between the pool and the user's
-#: code is the same, call after call, for a given entry (the engine's ``raw_connection``
-#: called from the session's connection step), so a capture can jump straight to the user
-#: frame with :func:`sys._getframe`, which walks CPython's frames without materializing a
-#: frame object for each (the walk by ``f_back`` materializes every one, about 2,500
-#: instructions apiece: the frames skipped were most of leak detection's cost). Bounded:
-#: cleared when it reaches :data:`_ENTRY_HINTS_MAX` entries.
+#: Where the first user frame stood the last time a full walk found it, per entry frame's
+#: code: ``{entry code: (offset from the entry, code of the library frame just below the
+#: user frame)}``. For a checkout the entry is always the watched pool's ``connect``, so in
+#: practice this holds one hint per capture site (``capture_stack``'s callers add theirs):
+#: the last path's depth. A request's checkouts mostly take one path (session -> engine ->
+#: pool), so the jump with :func:`sys._getframe` -- which walks CPython's frames without
+#: materializing a frame object for each, where the walk by ``f_back`` materializes every
+#: one (about 2,500 instructions apiece under callgrind) -- usually holds; when paths of
+#: other depths alternate, each miss costs the failed check plus the walk, which re-learns.
+#: Bounded: cleared when it reaches :data:`_ENTRY_HINTS_MAX` entries.
 _entry_hints: dict[CodeType, tuple[int, CodeType | None]] = {}
 _ENTRY_HINTS_MAX: Final = 256
 
@@ -148,13 +149,13 @@ def capture_raw_stack(limit: int = STACK_LIMIT, depth: int = 1) -> RawStack:
 
     Finds the first user frame outward from ``sys._getframe(depth)``: the innermost library
     frames (the pool, the engine, the session, us: between the checkout and the user's code)
-    are skipped by their file's membership in a set. Their number is learnt per entry point
-    (:data:`_entry_hints`) and checked on each use at both ends of the jump (the entry's
-    code, and the library frame just below the user frame is the same code as when learnt,
-    the frame above it a user file's), so the usual capture materializes three frames where
-    the walk would materialize every library frame; a hint that no longer holds falls back
-    to the walk, which learns it again. From the first user frame on, up to ``limit``
-    frames are taken, stopping before the first frame of the framework that called the
+    are skipped by their file's membership in a set. How many there were last time is kept
+    (:data:`_entry_hints`) and checked on each use: the library frame just below the user
+    frame must be the same code as when learnt and the frame above it a user file's. The
+    usual capture thus materializes three frames (the entry, that library frame, the user
+    frame) where the walk would materialize every library frame; a hint that no longer
+    holds falls back to the walk, which learns it again. From the first user frame on, up to
+    ``limit`` frames are taken, stopping before the first frame of the framework that called the
     user's code (Flask, Werkzeug, gunicorn, the test runner: see :func:`_framework_dirs`), so
     a request's checkout keeps the handful of frames from its view down and does not make
     CPython materialize the dispatch frames beyond. A library frame among those kept
