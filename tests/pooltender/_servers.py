@@ -84,6 +84,11 @@ class PrivateMariaDB:
         self.startup_timeout = startup_timeout
         self.tmp = Path(tempfile.mkdtemp(prefix="pooltender-mariadb-"))
         self.datadir = self.tmp / "data"
+        # Its own tmpdir: a starting mariadbd deletes every "#sql*" file in its tmpdir
+        # (mysql_rm_tmp_tables), which with the default /tmp removed the shared server's
+        # in-use temporary tables and failed its queries (errno 6, "Error on delete of
+        # /tmp/#sql-temptable-...").
+        self.tmpdir = self.tmp / "tmp"
         self.socket = self.tmp / "mysqld.sock"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -112,6 +117,7 @@ class PrivateMariaDB:
             INSTALL_DB,
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",  # its bootstrap server cleans its tmpdir too
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         ]
@@ -123,12 +129,14 @@ class PrivateMariaDB:
 
     def start(self) -> None:
         """Start the server (installing the datadir the first time) and wait until it answers."""
+        self.tmpdir.mkdir(exist_ok=True)
         if not self.datadir.exists():
             self._install()
         cmd = [
             MARIADBD,
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.socket}",
