@@ -133,6 +133,15 @@ CONFIGS = {
             },
         ),
         Config(
+            "2+0-glog",
+            "2+0, gunicorn's own access logger",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "WEB_LOGGER_CLASS": "gunicorn.glogging.Logger",
+            },
+        ),
+        Config(
             "2+0-b1",
             "2+0, standing backlog 1",
             {

@@ -48,9 +48,14 @@ from pooltender.admission.limiter import SHED_REASONS, AdmissionLimiter, Overloa
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["AdmissionMiddleware", "shed_body"]
+__all__ = ["REFUSED_KEY", "AdmissionMiddleware", "shed_body"]
 
 log = logging.getLogger("pooltender.admission")
+
+#: The environ key a refused request carries (its shed reason): the server's access logger
+#: can tell a refusal from a response of the application (:mod:`pooltender.accesslog`
+#: counts them instead of writing a line each).
+REFUSED_KEY = "pooltender.admission.refused"
 
 _MESSAGES = {
     "queue_full": "too many requests are already waiting",
@@ -137,6 +142,7 @@ class AdmissionMiddleware:
             headers, payload = (
                 variants[self._pick(len(variants))] if len(variants) > 1 else variants[0]
             )
+            environ[REFUSED_KEY] = exc.reason
             start_response("503 Service Unavailable", list(headers))
             if self._on_end is not None:
                 self._on_end()
