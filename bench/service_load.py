@@ -133,6 +133,16 @@ CONFIGS = {
             },
         ),
         Config(
+            "2+0-b4t5",
+            "2+0, backlog 4, standing wait 5 ms (the earlier defaults)",
+            {
+                "POOLTENDER_POOL_SIZE": "2",
+                "POOLTENDER_MAX_OVERFLOW": "0",
+                "POOLTENDER_ADMISSION_BACKLOG": "4",
+                "POOLTENDER_ADMISSION_TARGET": "0.005",
+            },
+        ),
+        Config(
             "2+0-glog",
             "2+0, gunicorn's own access logger",
             {
@@ -868,6 +878,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--allow-busy", action="store_true", help="run above --max-load")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the gunicorn logs")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
@@ -916,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print("SMOKE RUN (--quick): short windows, one round; the figures are not measurements\n")
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    keep = False
+    keep = args.keep_logs
     try:
         with _terminate_as_interrupt(), contextlib.ExitStack() as stack:
             result = run_benchmark(args, tmp, stack)
@@ -929,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if keep:
-            print(f"(logs kept in {tmp})", file=sys.stderr)
+            print(f"(logs kept in {tmp}: the services' gunicorn logs)", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -164,16 +164,14 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn is untyped
         super().__init__(cfg)
         self._refused: dict[str, int] = {}
         self._refused_lock = threading.Lock()
+        self._early = 0
         self._summary_due = 0.0  # the first refusal is reported at once
         self._summary_since = time.monotonic()
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         reason = environ.get(REFUSED_KEY)
         if reason is not None:
-            with self._refused_lock:
-                self._refused[reason] = self._refused.get(reason, 0) + 1
-            if time.monotonic() >= self._summary_due:
-                self._summarize()
+            self.count_refusal(reason)
             return
         if self._refused and time.monotonic() >= self._summary_due:
             self._summarize()
@@ -188,6 +186,16 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn is untyped
 
             self.error(traceback.format_exc())
 
+    def count_refusal(self, reason: str, *, early: bool = False) -> None:
+        """Count one admission refusal (no access line); write the summary if it is due.
+        ``early``: answered before parsing (:mod:`pooltender.gthread`'s poller)."""
+        with self._refused_lock:
+            self._refused[reason] = self._refused.get(reason, 0) + 1
+            if early:
+                self._early += 1
+        if time.monotonic() >= self._summary_due:
+            self._summarize()
+
     def _summarize(self) -> None:
         """Write the refusal counts since the last summary on the error log; reset them."""
         now = time.monotonic()
@@ -195,12 +203,15 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn is untyped
             if now < self._summary_due:  # another thread has just written it
                 return
             counts, self._refused = self._refused, {}
+            early, self._early = self._early, 0
             since, self._summary_since = self._summary_since, now
             self._summary_due = now + self.summary_interval
         total = sum(counts.values())
         if not total:
             return
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+        if early:
+            reasons += f"; {early} answered before parsing"
         self.error_log.warning(
             "pooltender admission refused %d request(s) with 503 in the last %.1f s (%s); "
             "refusals are counted here and in /metrics, not written to the access log",

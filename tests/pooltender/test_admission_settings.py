@@ -22,9 +22,9 @@ def test_defaults_follow_the_pool_cap() -> None:
     # the floor is the pool's cap: the pool, not the latency, is the resource (settings.py)
     assert (settings.initial, settings.minimum, settings.maximum) == (3, 3, 6)
     assert settings.jitter is None  # Retry-After jittered by POOLTENDER_RETRY_AFTER seconds
-    assert (settings.target, settings.interval, settings.timeout) == (0.005, 0.1, 0.05)
+    assert (settings.target, settings.interval, settings.timeout) == (0.02, 0.1, 0.05)
     assert settings.queue == 64
-    assert settings.backlog is None  # the limit: one waiter per slot under a standing queue
+    assert settings.backlog == 1  # one waiter under a standing queue; the rest refused at once
     assert settings.exempt == DEFAULT_EXEMPT == ("/healthz", "/readyz", "/metrics", "/pooltender")
     # a maximum below the cap pulls the derived initial limit down with it
     low = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_MAX": "2"}, pool_cap=6)
@@ -185,4 +185,4 @@ def test_the_standing_backlog_setting_reaches_the_limiter() -> None:
     held.pop().release()
     assert outcomes == ["admitted"]
     unset = AdmissionSettings.from_mapping({}, pool_cap=2)
-    assert build_limiter(unset).standing_backlog is None
+    assert build_limiter(unset).standing_backlog == 1  # the default

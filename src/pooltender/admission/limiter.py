@@ -25,7 +25,8 @@ worker at 2x capacity: 318-600 responses/s against 622-787/s at saturation, 503s
 median 110-150 ms and a p99 of 250 ms although the long timeout was 100 ms and the short
 one 5 ms):
 
-* **The standing backlog is one waiter per slot** (``standing_backlog``, default the limit).
+* **The standing backlog is short** (``standing_backlog``: the limit when None, which is
+  this class's default; pooltender's settings default to 1, ``POOLTENDER_ADMISSION_BACKLOG``).
   A longer queue adds no goodput -- each release hands its slot to one waiter, and arrivals
   refill the queue faster than it drains -- but every extra waiter is a thread of a gthread
   worker asleep until its timeout, which then wakes into a contended GIL (the recorded run
@@ -248,6 +249,7 @@ class AdmissionLimiter:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._queue: deque[_Waiter] = deque()
+        self._transit: deque[float] = deque()  # screen()'s reservations: when each was made
         self._last_empty = clock()
         self._last_shed = -math.inf
         self._admitted_at_once = 0
@@ -278,11 +280,14 @@ class AdmissionLimiter:
 
     # ------------------------------------------------------------------ acquire / release
 
-    def acquire(self) -> Admission:
-        """Admit the calling request, waiting if the limit is reached; see the module doc."""
+    def acquire(self, *, screened: bool = False) -> Admission:
+        """Admit the calling request, waiting if the limit is reached; see the module doc.
+        ``screened``: :meth:`screen` reserved a place for this request, which it now takes."""
         clock = self._clock
         lock = self._lock
         with lock:
+            if screened and self._transit:
+                self._transit.popleft()
             now = clock()
             # The fast path (spare capacity, nobody waiting): one lock, one clock reading,
             # a comparison and two increments; the admission is built without an __init__
@@ -337,6 +342,43 @@ class AdmissionLimiter:
             self._waits.observe(admission.waited)
             self._admitted_after_wait += 1
             return admission
+
+    def screen(self) -> tuple[Overloaded | None, bool]:
+        """Decide, before a request is parsed, whether it would be refused *without
+        waiting*: ``(refusal, False)``, the refusal counted as one; else ``(None, reserved)``.
+
+        For a server that can answer before it parses (:mod:`pooltender.gthread`): the
+        decision :meth:`acquire` takes at once -- the queue is full, or it is standing and
+        its backlog is taken -- so a refusal here keeps the queue standing as one there
+        does. A request passed on while the limit is reached or others wait is *in
+        transit* until the server's thread picks it up: ``reserved`` is True, the request
+        counts as waiting (against ``max_queue`` and the standing backlog) until the
+        server passes ``screened=True`` to its :meth:`acquire`, or for ``interval`` at most
+        (a request that never arrives cannot hold the count). Without this, a poller
+        dispatching a burst sees the same free backlog for every request of it, and the
+        threads refuse them instead.
+        It never admits, queues or evicts a waiter."""
+        with self._lock:
+            queued = len(self._queue)
+            transit = self._transit
+            if transit:
+                horizon = self._clock() - self.interval
+                while transit and transit[0] < horizon:
+                    transit.popleft()
+            if self._in_flight < self._limit.limit and not queued and not transit:
+                return None, False
+            now = self._clock()
+            waiting = queued + len(transit)
+            if waiting >= self.max_queue:
+                return self._refuse_now(SHED_QUEUE_FULL, now, queued), False
+            if self._standing(now):
+                backlog = (
+                    self._limit.limit if self.standing_backlog is None else self.standing_backlog
+                )
+                if waiting >= backlog:
+                    return self._refuse_now(SHED_STANDING, now, queued), False
+            transit.append(now)
+            return None, True
 
     def _evict_oldest(self, keep: int) -> int:
         """Refuse the oldest waiters until ``keep`` remain (CoDel drops at the head); they

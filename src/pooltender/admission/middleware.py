@@ -37,9 +37,12 @@ limits (AIMD, Vegas) back off on it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +51,7 @@ from pooltender.admission.limiter import SHED_REASONS, AdmissionLimiter, Overloa
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["REFUSED_KEY", "AdmissionMiddleware", "shed_body"]
+__all__ = ["REFUSED_KEY", "AdmissionMiddleware", "mark_screened", "shed_body"]
 
 log = logging.getLogger("pooltender.admission")
 
@@ -56,6 +59,20 @@ log = logging.getLogger("pooltender.admission")
 #: can tell a refusal from a response of the application (:mod:`pooltender.accesslog`
 #: counts them instead of writing a line each).
 REFUSED_KEY = "pooltender.admission.refused"
+
+_INSTANCES: weakref.WeakSet[AdmissionMiddleware] = weakref.WeakSet()
+#: per thread (per greenlet under gevent): the request this thread runs next was screened
+#: with a reservation (mark_screened); __call__ hands that to acquire and clears it
+_screened = threading.local()
+
+
+def mark_screened() -> None:
+    """Tell this thread's next admission that :meth:`AdmissionMiddleware.refuse_early`
+    reserved a place for its request (a server calls it before running the request)."""
+    _screened.reserved = True
+
+
+_SERIALS = itertools.count()
 
 _MESSAGES = {
     "queue_full": "too many requests are already waiting",
@@ -94,6 +111,7 @@ class AdmissionMiddleware:
     ) -> None:
         self.app = app
         self.limiter = limiter
+        self._serial = next(_SERIALS)
         self.exempt = tuple(p.rstrip("/") or "/" for p in exempt)
         self.retry_after = retry_after
         self._on_end = on_request_end
@@ -116,6 +134,43 @@ class AdmissionMiddleware:
             for reason in SHED_REASONS
         }
         self._pick = random.Random().randrange
+        # the same refusals as raw HTTP header lines and body, for a server that answers
+        # before it parses (refuse_early); the status line and Date are the server's
+        self._raw_refusals = {
+            reason: tuple(
+                b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+                + b"\r\n"
+                + body
+                for headers, body in variants
+            )
+            for reason, variants in self._refusals.items()
+        }
+        _INSTANCES.add(self)
+
+    @staticmethod
+    def in_process() -> list[AdmissionMiddleware]:
+        """The admission middlewares built in this process (alive), oldest first."""
+        return sorted(_INSTANCES, key=lambda middleware: middleware._serial)
+
+    def refuse_early(self, path: str) -> tuple[str, bytes] | bool:
+        """For a server that can answer before it parses a request of ``path``:
+        ``(reason, raw)`` if it is refused, counted by the limiter, ``raw`` this
+        middleware's own 503 as header lines, a blank line and the body (the server adds
+        the status line and ``Date``); else whether a place was reserved for it -- True:
+        call :func:`mark_screened` in the thread that then runs the request, before the
+        application (see :meth:`AdmissionLimiter.screen`). Exempt paths are never refused or
+        reserved."""
+        exempt = self.exempt
+        if exempt and path.startswith(exempt) and self.is_exempt(path):
+            return False
+        refused, reserved = self.limiter.screen()
+        if refused is None:
+            return reserved
+        variants = self._raw_refusals[refused.reason]
+        raw = variants[self._pick(len(variants))] if len(variants) > 1 else variants[0]
+        if self._on_end is not None:
+            self._on_end()
+        return refused.reason, raw
 
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` bypasses the limiter."""
@@ -135,8 +190,9 @@ class AdmissionMiddleware:
             # the usual, admitted path: one C call (is_exempt checks the segment boundary)
             if path.startswith(exempt) and self.is_exempt(path):
                 return self.app(environ, start_response)
+        screened = _screened.__dict__.pop("reserved", False)
         try:
-            admission = self.limiter.acquire()
+            admission = self.limiter.acquire(screened=screened)
         except Overloaded as exc:
             variants = self._refusals[exc.reason]
             headers, payload = (

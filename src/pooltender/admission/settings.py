@@ -46,12 +46,18 @@ Why these defaults, for a 2-core box running a few workers each with a small poo
   algorithm adapts *between* the pool's cap and ``max``: how many more requests than
   connections may run (parse, authenticate, serialize) without one waiting on the pool.
   Set ``POOLTENDER_ADMISSION_MIN`` lower (at least 1) to let it go below the pool.
-* **target 5 ms, interval 100 ms**: Facebook's values for its CoDel variant ("Fail at
-  Scale", Ben Maurer, ACM Queue 13(8), 2015: M = 5 ms, N = 100 ms), which are also CoDel's
-  own defaults (RFC 8289: target 5 ms, interval 100 ms). A request that joins a queue that
-  has been non-empty for 100 ms, or one that meets a refusal made within the last 100 ms,
-  waits at most 5 ms before its 503 (beyond one waiter per slot it is refused at once), so
-  an overloaded process answers "retry" in milliseconds.
+* **interval 100 ms**: Facebook's value for its CoDel variant ("Fail at Scale", Ben Maurer,
+  ACM Queue 13(8), 2015: N = 100 ms), which is also CoDel's own default (RFC 8289). A queue
+  non-empty for 100 ms, or one that saw a refusal within the last 100 ms, is *standing*.
+* **backlog 1, target 20 ms** (issue 10's benchmark; Fail at Scale's M is 5 ms): under a
+  standing queue one request may wait, for at most 20 ms, and a newcomer finding it taken
+  is refused at once -- by the gthread worker's poller before it is even parsed
+  (:mod:`pooltender.gthread`), which costs microseconds instead of a thread's 0.3 ms. Every
+  further waiter would mostly time out (each freed slot goes to one waiter, while arrivals
+  refill the queue), and a refusal after a wait costs the full thread path; a single waiter
+  with 20 ms usually gets the next free slot. 2+0 per worker at 2x capacity, interleaved
+  runs: backlog 1 / 20 ms served 772 and 723/s against 622 and 616/s with one waiter per
+  slot and 5 ms, and 875 / 844 against 832 / 796/s at saturation (docs/benchmarks.md).
 * **timeout 50 ms**, half of Fail at Scale's N (its long wait is N itself): a burst (the
   queue drained within the last 100 ms) may wait up to 50 ms, still several times a
   request's service time here (3-10 ms unloaded). It is also the bound on any wait before a
@@ -125,8 +131,8 @@ class AdmissionSettings:
     minimum: int | None = None
     maximum: int | None = None
     queue: int = 64
-    backlog: int | None = None
-    target: float = 0.005
+    backlog: int | None = 1
+    target: float = 0.02
     interval: float = 0.1
     timeout: float = 0.05
     exempt: tuple[str, ...] = DEFAULT_EXEMPT

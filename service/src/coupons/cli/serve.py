@@ -31,6 +31,9 @@ import click
 #: Worker classes ``coupons serve`` offers: gthread (threads, the default), gevent
 #: (greenlets; the ``gevent`` extra), sync (one request at a time per worker).
 WORKER_CLASSES = ("gthread", "gevent", "sync")
+#: gthread is pooltender's subclass, which answers admission refusals from its poller thread
+#: instead of a pool thread (pooltender.gthread: 5 us instead of 0.29 ms per refusal)
+WORKER_CLASS_PATHS = {"gthread": "pooltender.gthread.ThreadWorker"}
 #: Signals gunicorn's master acts on, forwarded to it from this process.
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -77,7 +80,7 @@ def gunicorn_argv(host: str, port: int, workers: int, threads: int, worker_class
         "--threads",
         str(threads if worker_class == "gthread" else 1),
         "--worker-class",
-        worker_class,
+        WORKER_CLASS_PATHS.get(worker_class, worker_class),
         "coupons.wsgi:app",
     ]
 

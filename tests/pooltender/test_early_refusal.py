@@ -1,0 +1,276 @@
+"""Refusing before parsing: the limiter's ``screen`` (the decision ``acquire`` takes at once,
+with requests in transit counted as waiting), the middleware's ``refuse_early`` (its own 503
+as raw bytes, exempt paths never refused), ``plain_request``'s framing rules, and
+``pooltender.gthread.ThreadWorker`` in real gunicorn answering refusals from its poller on
+kept-alive and new connections."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pooltender.admission import AdmissionLimiter, AdmissionMiddleware, FixedLimit, Overloaded
+from pooltender.admission.middleware import mark_screened
+from tests._serve import coupons_serve, serve_env
+from tests.pooltender._servers import free_port
+
+pytest.importorskip("gunicorn")
+from pooltender.gthread import plain_request
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ------------------------------------------------------------------ the limiter's screen
+
+
+def test_screen_passes_requests_on_while_there_is_capacity() -> None:
+    lim = AdmissionLimiter(FixedLimit(2))
+    assert lim.screen() == (None, False)  # nothing in flight: not even a reservation
+    held = lim.acquire()
+    assert lim.screen() == (None, False)  # one slot still free
+    held.release()
+    assert lim.stats().shed_total == 0
+
+
+def test_screen_refuses_what_acquire_would_refuse_at_once() -> None:
+    clock = Clock()
+    lim = AdmissionLimiter(FixedLimit(1), max_queue=0, clock=clock)
+    held = lim.acquire()
+    refused, reserved = lim.screen()
+    assert isinstance(refused, Overloaded)
+    assert (refused.reason, refused.waited, reserved) == ("queue_full", 0.0, False)
+    with pytest.raises(Overloaded) as direct:
+        lim.acquire()
+    assert direct.value.reason == "queue_full"  # the same decision
+    held.release()
+    assert lim.stats().shed == {"queue_full": 2, "standing_queue": 0, "queue_timeout": 0}
+
+
+def test_requests_in_transit_count_as_waiting_until_they_arrive_or_expire() -> None:
+    """Limit 1, a standing queue with a backlog of 1: the first request screened while the
+    slot is taken is passed on with a reservation; the next is refused because the first
+    counts as waiting; once the first arrives (acquire(screened=True)) it waits in the
+    queue itself; a reservation that never arrives expires after the interval."""
+    clock = Clock()
+    lim = AdmissionLimiter(
+        FixedLimit(1), target=30.0, interval=0.1, timeout=30.0, standing_backlog=1, clock=clock
+    )
+    held = lim.acquire()
+    lim._last_shed = clock.now  # a refusal just happened: the queue counts as standing
+    assert lim.stats().standing
+    assert lim.screen() == (None, True)  # passed on, reserved
+    refused, reserved = lim.screen()
+    assert refused is not None
+    assert refused.reason == "standing_queue"
+    assert not reserved
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(lim.acquire(screened=True)))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while lim.stats().queue_length != 1:
+        assert time.monotonic() < deadline, "the screened request never queued"
+        time.sleep(0.005)
+    assert not lim._transit  # its reservation was taken when it queued
+    refused, _ = lim.screen()
+    assert refused is not None  # the queue itself now holds the backlog
+    held.release()
+    waiter.join(timeout=30)
+    result[0].release()
+    # a reservation whose request never arrives stops counting after the interval
+    held = lim.acquire()
+    lim._last_shed = clock.now
+    assert lim.screen() == (None, True)
+    assert lim.screen()[0] is not None
+    clock.now += 0.2
+    lim._last_shed = clock.now
+    assert lim.screen() == (None, True)  # the stale reservation expired
+    held.release()
+
+
+def test_middleware_refuse_early_returns_its_own_503_and_skips_exempt_paths() -> None:
+    lim = AdmissionLimiter(FixedLimit(1), max_queue=0)
+    middleware = AdmissionMiddleware(
+        lambda environ, start_response: [b""],
+        lim,
+        exempt=("/healthz", "/metrics"),
+        retry_after=2,
+        retry_after_jitter=0,
+    )
+    assert middleware in AdmissionMiddleware.in_process()
+    assert middleware.refuse_early("/api/v1/x") is False  # capacity: passed on
+    held = lim.acquire()
+    assert middleware.refuse_early("/healthz") is False  # exempt, even when full
+    assert middleware.refuse_early("/metrics/x") is False
+    refusal = middleware.refuse_early("/api/v1/x")
+    assert isinstance(refusal, tuple)
+    reason, raw = refusal
+    assert reason == "queue_full"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n"))
+    assert headers[b"Retry-After"] == b"2"
+    assert headers[b"Content-Type"] == b"application/json"
+    assert int(headers[b"Content-Length"]) == len(body)
+    assert json.loads(body)["error"]["code"] == "overloaded"
+    held.release()
+    assert lim.stats().shed["queue_full"] == 1
+
+
+def test_mark_screened_reaches_the_next_admission_on_this_thread_only() -> None:
+    lim = AdmissionLimiter(FixedLimit(1))
+    seen: list[bool] = []
+    original = lim.acquire
+
+    def spy(*, screened: bool = False) -> Any:
+        seen.append(screened)
+        return original(screened=screened)
+
+    lim.acquire = spy  # type: ignore[method-assign]
+    middleware = AdmissionMiddleware(lambda environ, start_response: [b"ok"], lim)
+    mark_screened()
+    other = threading.Thread(target=lambda: middleware({"PATH_INFO": "/a"}, lambda *a: None))
+    other.start()
+    other.join()
+    middleware({"PATH_INFO": "/a"}, lambda *a: None)
+    middleware({"PATH_INFO": "/a"}, lambda *a: None)
+    assert seen == [False, True, False]  # the other thread's; this one's, once
+
+
+# ------------------------------------------------------------------ plain_request
+
+BODY = b'{"code":"ABC"}'
+PLAIN = (
+    b"POST /api/v1/redemptions?x=1 HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 14\r\n\r\n" + BODY
+)
+
+GET = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+
+CASES = [
+    ("plain POST", PLAIN, ("/api/v1/redemptions", len(PLAIN))),
+    ("plain GET", GET, ("/a", len(GET))),
+    (
+        "lower-case names",
+        PLAIN.replace(b"Content-Length", b"content-length"),
+        ("/api/v1/redemptions", len(PLAIN)),
+    ),
+    ("partial body", PLAIN[:-1], None),
+    ("partial head", PLAIN[:30], None),
+    ("pipelined", PLAIN + b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", None),
+    ("HEAD", PLAIN.replace(b"POST", b"HEAD", 1), None),
+    ("HTTP/1.0", PLAIN.replace(b"HTTP/1.1", b"HTTP/1.0", 1), None),
+    ("chunked", PLAIN.replace(b"Content-Length: 14", b"Transfer-Encoding: chunked"), None),
+    ("expect", PLAIN.replace(b"Host: h", b"Expect: 100-continue"), None),
+    ("upgrade", PLAIN.replace(b"Host: h", b"Upgrade: h2c"), None),
+    ("connection close", PLAIN.replace(b"Host: h", b"Connection: close"), None),
+    ("two lengths", PLAIN.replace(b"Host: h", b"Content-Length: 14"), None),
+    ("bad length", PLAIN.replace(b"Length: 14", b"Length: +14"), None),
+    ("space before colon", PLAIN.replace(b"Host:", b"Host :"), None),
+    ("no colon", PLAIN.replace(b"Host: h", b"Host h"), None),
+    ("percent path", PLAIN.replace(b"/api/v1/", b"/api/v1%2F", 1), None),
+    ("absolute form", PLAIN.replace(b"/api", b"http://h/api", 1), None),
+    ("h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plain_request_accepts_only_one_complete_plain_request(
+    data: bytes, expected: tuple[str, int] | None
+) -> None:
+    assert plain_request(data) == expected
+
+
+# ------------------------------------------------------------------ in real gunicorn
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """``coupons serve`` (pooltender's gthread worker): admission fixed at 1, no queue."""
+    port = free_port()
+    env = serve_env(
+        f"sqlite:///{tmp_path / 'serve.db'}",
+        POOLTENDER_ADMISSION_LIMIT="fixed",
+        POOLTENDER_ADMISSION_INITIAL="1",
+        POOLTENDER_ADMISSION_QUEUE="0",
+    )
+    log = tmp_path / "gunicorn.log"
+    args = ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
+    with coupons_serve(port, args, env, log, timeout=60, stop_timeout=30):
+        yield port, log
+
+
+def _login(conn: http.client.HTTPConnection) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"email": "nobody@example.test", "password": "not-the-password"})
+    conn.request(
+        "POST", "/api/v1/auth/login", body=body, headers={"Content-Type": "application/json"}
+    )
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def test_the_poller_refuses_on_kept_alive_and_new_connections_and_they_stay_usable(
+    served: tuple[int, Path],
+) -> None:
+    port, log = served
+    refusals: list[tuple[dict[str, str], bytes]] = []
+    answered = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal answered
+        for _ in range(3):  # a new connection each round: first requests are screened too
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for _ in range(15):  # the same kept-alive connection, refused or not
+                status, headers, body = _login(conn)
+                with lock:
+                    if status == 503:
+                        refusals.append((headers, body))
+                    else:
+                        answered += 1
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refusals, answered
+    assert answered, len(refusals)
+    for headers, body in refusals:
+        assert headers["Retry-After"] in {"1", "2"}
+        assert "Date" in headers
+        assert json.loads(body)["error"]["code"] == "overloaded"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().status == 200  # exempt and idle: answered
+    conn.close()
+    time.sleep(10.5)  # the summary interval: the next refusal or request writes the summary
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    _login(conn)
+    conn.close()
+    deadline = time.monotonic() + 10
+    early = 0
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        early = sum(
+            int(part.split(" answered before parsing")[0].rsplit(" ", 1)[-1])
+            for part in text.split("; ")[1:]
+            if " answered before parsing" in part
+        )
+        if early:
+            break
+        time.sleep(0.2)
+    assert early > 0, text[-3000:]  # refusals the poller answered itself
+    assert early <= len(refusals)
