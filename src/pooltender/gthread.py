@@ -29,8 +29,9 @@ keep-alive timeout restarted, and
 the limiter would admit or queue goes to a thread exactly as before, and so does anything
 this cannot answer without parsing: exempt paths (health, metrics), ``HEAD``, HTTP/1.0,
 chunked bodies, ``Expect``, ``Upgrade``, ``Connection: close``, percent-encoded paths,
-pipelined or partly received requests, an app mounted under ``SCRIPT_NAME``, a process with
-no admission middleware (admission off) or with more than one.
+pipelined or partly received requests, TLS (``certfile``), an app mounted under
+``SCRIPT_NAME``, a process with no admission middleware (admission off) or with more than
+one.
 
 It relies on gthread's poller callback ``on_client_socket_readable`` and checks for it at
 start-up; where gunicorn's worker does not have it, this is gthread unchanged (with a
@@ -120,12 +121,10 @@ class ThreadWorker(_GunicornThreadWorker):  # type: ignore[misc]  # gunicorn is 
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self._admission = self._find_admission()
-        # new connections through the poller too: plain TCP (a TLS socket's bytes are not
-        # the request) on a gthread that keeps its kept-alive connections where we expect
-        self._poll_new = (
-            self._admission is not None
-            and not self.cfg.is_ssl
-            and isinstance(getattr(self, "keepalived_conns", None), deque)
+        # new connections through the poller too, on a gthread that keeps its kept-alive
+        # connections where we expect them (gunicorn >= 23)
+        self._poll_new = self._admission is not None and isinstance(
+            getattr(self, "keepalived_conns", None), deque
         )
 
     def _find_admission(self) -> AdmissionMiddleware | None:
@@ -136,6 +135,8 @@ class ThreadWorker(_GunicornThreadWorker):  # type: ignore[misc]  # gunicorn is 
                 "to answer refusals from; running as plain gthread"
             )
             return None
+        if self.cfg.is_ssl:
+            return None  # the bytes on a TLS socket are not the request: no early answers
         if os.environ.get("SCRIPT_NAME") or (self.cfg.env or {}).get("SCRIPT_NAME"):
             return None  # paths on the wire are not the app's PATH_INFO: no early answers
         found = AdmissionMiddleware.in_process()
@@ -182,7 +183,7 @@ class ThreadWorker(_GunicornThreadWorker):  # type: ignore[misc]  # gunicorn is 
         sock = conn.sock
         try:
             data = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a socket that takes no flags
             return False
         parsed = plain_request(data)
         if parsed is None:

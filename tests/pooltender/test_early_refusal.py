@@ -6,6 +6,7 @@ kept-alive and new connections."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -274,3 +275,124 @@ def test_the_poller_refuses_on_kept_alive_and_new_connections_and_they_stay_usab
         time.sleep(0.2)
     assert early > 0, text[-3000:]  # refusals the poller answered itself
     assert early <= len(refusals)
+
+
+# ------------------------------------------------------------------ any WSGI app, TLS
+
+SLOW_APP = """
+import time
+from pooltender.admission import AdmissionLimiter, AdmissionMiddleware, FixedLimit
+
+def slow(environ, start_response):
+    time.sleep(0.02)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+app = AdmissionMiddleware(slow, AdmissionLimiter(FixedLimit(1), max_queue=0), exempt=("/healthz",))
+"""
+
+
+@contextlib.contextmanager
+def _gunicorn(tmp_path: Path, *extra: str) -> Iterator[tuple[int, Path]]:
+    import os
+    import subprocess
+    import sys
+
+    from tests._paths import pythonpath
+
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{pythonpath()}"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1",
+             "--threads", "8", "-k", "pooltender.gthread.ThreadWorker",
+             "--logger-class", "pooltender.accesslog.AccessLogger", "--access-logfile", "-",
+             *extra, "slowapp:app"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "Booting worker" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _hammer(connect: Any) -> tuple[int, int]:
+    counts = {"ok": 0, "refused": 0}
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = connect()
+        for _ in range(20):
+            conn.request("GET", "/work")
+            response = conn.getresponse()
+            response.read()
+            with lock:
+                counts["ok" if response.status == 200 else "refused"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return counts["ok"], counts["refused"]
+
+
+def test_any_wsgi_app_behind_the_middleware_is_refused_from_the_poller(tmp_path: Path) -> None:
+    """Not only coupons: a bare WSGI app wrapped in AdmissionMiddleware, served by
+    ``-k pooltender.gthread.ThreadWorker``; the poller answers most of its refusals."""
+    with _gunicorn(tmp_path) as (port, log):
+        ok, refused = _hammer(lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+        assert ok > 0
+        assert refused > 0
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+        deadline = time.monotonic() + 15
+        while "answered before parsing" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(11)  # the summary is written by the first request after 10 s
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/work")
+            conn.getresponse().read()
+            conn.close()
+
+
+def test_under_tls_refusals_are_the_applications_and_the_worker_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """With ``--certfile`` the poller cannot read the request: no early refusals, no crash."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with _gunicorn(tmp_path, "--certfile", str(cert), "--keyfile", str(key)) as (port, log):
+        ok, refused = _hammer(
+            lambda: http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        )
+        assert ok > 0
+        assert refused > 0  # the middleware's own 503s, from the threads
+        text = log.read_text(errors="replace")
+        assert "answered before parsing" not in text
+        assert "Traceback" not in text, text[-2000:]
