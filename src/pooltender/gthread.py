@@ -172,7 +172,9 @@ class ThreadWorker(_GunicornThreadWorker):  # type: ignore[misc]  # gunicorn is 
         )
 
     def on_client_socket_readable(self, conn: Any, client: Any) -> None:
-        if self._admission is not None and self._refuse_early(conn):
+        # a stopping worker answers the next request with "Connection: close" (gunicorn's
+        # own path) instead of keeping the connection alive with an early 503
+        if self._admission is not None and self.alive and self._refuse_early(conn):
             return
         conn.data_ready = True  # the poller saw its bytes: no thread has to wait for them
         super().on_client_socket_readable(conn, client)
