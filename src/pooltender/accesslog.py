@@ -10,13 +10,23 @@ app spends 0.51 ms of CPU per request with the access log on and 0.29 ms with it
 where refusals outnumber the requests served, that is the largest part of what a refusal
 costs, and Fail at Scale's rule is that shedding must cost much less than the work.
 
-:class:`AccessLogger`, gunicorn's ``logger_class``, changes two things and nothing else:
+:class:`AccessLogger`, gunicorn's ``logger_class``, changes three things and nothing else:
 
 * **Atoms are computed when the format asks for them.** The mapping handed to the log
   record builds one atom per ``%(name)s`` lookup, with gunicorn's own rules (``-`` for an
   unknown atom; ``{name}i``, ``{name}o`` and ``{name}e`` matched case-insensitively, the last
   of a repeated header winning; ``"`` escaped in string values), so a line is byte for byte
   what gunicorn writes, for any format, and costs what its own atoms cost.
+* **A line goes to gunicorn's own access file or stream with one** ``write(2)`` when that is
+  all the ``logging`` module would do with it: the access logger has exactly gunicorn's
+  handler (a plain ``StreamHandler`` or ``FileHandler`` with gunicorn's ``%(message)s``
+  format), no filters, and does not propagate. ``logging`` builds a record, takes the
+  handler's lock and flushes per line, which in a worker of 32 threads cost about 0.15 ms
+  of CPU per line against 0.03 ms for the direct write (a bare WSGI app under wrk:
+  0.49 ms per request through ``logging``, 0.33-0.35 ms direct, 0.29-0.32 ms with no log).
+  A line is written whole (a loop for a short write); any other handler setup
+  (``--log-config``, syslog, a rotating handler, filters) goes through ``logging`` as
+  before, and so does a line whose direct write fails.
 * **Refusals of pooltender's admission middleware are counted, not logged.** The middleware
   marks the environ of a request it refused before the application ran
   (:data:`~pooltender.admission.middleware.REFUSED_KEY`, the shed reason); such a request
@@ -40,10 +50,11 @@ formats in ``prepare``, at once, and is fine) would see the objects as they are 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from gunicorn.glogging import Logger
 
@@ -165,8 +176,33 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn is untyped
         self._refused: dict[str, int] = {}
         self._refused_lock = threading.Lock()
         self._early = 0
+        self._direct: logging.StreamHandler[Any] | None
         self._summary_due = 0.0  # the first refusal is reported at once
         self._summary_since = time.monotonic()
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self._direct = self._direct_handler()
+
+    def _direct_handler(self) -> logging.StreamHandler[Any] | None:
+        """gunicorn's own access handler, if writing to its stream is all ``logging`` would
+        do with a line (the module docstring); else None."""
+        log = self.access_log
+        if log.propagate or log.filters or not log.isEnabledFor(logging.INFO):
+            return None
+        if len(log.handlers) != 1:
+            return None
+        handler = log.handlers[0]
+        if type(handler) not in (logging.StreamHandler, logging.FileHandler):
+            return None
+        formatter = handler.formatter
+        if handler.filters or handler.level > logging.INFO:
+            return None
+        if formatter is not None and (
+            type(formatter) is not logging.Formatter or formatter._fmt != "%(message)s"
+        ):
+            return None
+        return cast("logging.StreamHandler[Any]", handler)
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         reason = environ.get(REFUSED_KEY)
@@ -177,14 +213,44 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn is untyped
             self._summarize()
         if not self.access_log_enabled:
             return
+        atoms = _Atoms(self, resp, req, environ, request_time)
+        direct = self._direct
+        if direct is not None:
+            try:
+                line = self.cfg.access_log_format % atoms
+            except Exception:  # gunicorn's own rule: a bad format is logged, never raised
+                import traceback
+
+                self.error(traceback.format_exc())
+                return
+            if self._write_direct(direct, line):
+                return
         try:
-            self.access_log.info(
-                self.cfg.access_log_format, _Atoms(self, resp, req, environ, request_time)
-            )
-        except Exception:  # gunicorn's own rule: a bad format is logged, never raised
+            self.access_log.info(self.cfg.access_log_format, atoms)
+        except Exception:
             import traceback
 
             self.error(traceback.format_exc())
+
+    @staticmethod
+    def _write_direct(handler: logging.StreamHandler[Any], line: str) -> bool:
+        """Write ``line`` whole to ``handler``'s stream with ``write(2)``; False if that
+        could not be done (then ``logging`` writes it)."""
+        stream = handler.stream
+        if stream is None:
+            return False
+        try:
+            stream.flush()  # anything else written to it (print() on stdout) goes first
+            data = (line + "\n").encode(
+                getattr(stream, "encoding", None) or "utf-8", "backslashreplace"
+            )
+            fd = stream.fileno()
+            while data:
+                written = os.write(fd, data)
+                data = data[written:]
+        except (OSError, ValueError, AttributeError):  # closed, reopened, or no descriptor
+            return False
+        return True
 
     def count_refusal(self, reason: str, *, early: bool = False) -> None:
         """Count one admission refusal (no access line); write the summary if it is due.

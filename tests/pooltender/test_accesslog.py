@@ -80,6 +80,13 @@ def _logger(cls: type[Logger], path: Path, fmt: str | None) -> Logger:
         cfg.set("access_log_format", fmt)
     logger = cls(cfg)
     logger.now = lambda: "[01/Dec/2026:12:00:00 +0000]"  # both loggers, one clock reading
+    # pytest's log capture adds its own handler, with which logging must write the lines;
+    # without it the access logger has gunicorn's handler alone, as in gunicorn
+    for handler in list(logger.access_log.handlers):
+        if not getattr(handler, "_gunicorn", False):
+            logger.access_log.removeHandler(handler)
+    if isinstance(logger, AccessLogger):
+        logger._direct = logger._direct_handler()
     return logger
 
 
@@ -255,3 +262,50 @@ def test_coupons_serve_logs_served_requests_and_summarizes_refusals(
     assert summaries, text[-2000:]  # the first refusal is reported at once
     assert "[WARNING]" in summaries[0]
     assert "not-the-password" not in text
+
+
+def test_lines_go_straight_to_gunicorns_file_and_whole_under_threads(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    logger = _logger(AccessLogger, path, None)
+    assert logger._direct is logger.access_log.handlers[0]  # gunicorn's own FileHandler
+    start = threading.Barrier(8)
+
+    def write() -> None:
+        start.wait()
+        for _ in range(500):
+            logger.access(*_call([("X", "y" * 300)], _environ()))
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4000
+    assert len(set(lines)) == 1  # every line whole: none torn by another thread's write
+
+
+def test_any_other_handler_setup_goes_through_logging(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    logger = _logger(AccessLogger, path, None)
+    seen: list[str] = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record.getMessage())
+            return True
+
+    logger.access_log.addFilter(Keep())
+    previous = list(logger.access_log.handlers) + list(logger.error_log.handlers)
+    try:
+        logger.setup(logger.cfg)  # a reload re-decides (and replaces gunicorn's handler)
+        for handler in previous:
+            handler.close()
+        assert logger._direct is None
+        logger.now = lambda: "[01/Dec/2026:12:00:00 +0000]"
+        logger.access(*_call([], _environ()))
+    finally:
+        for f in list(logger.access_log.filters):
+            logger.access_log.removeFilter(f)
+    assert len(seen) == 1  # the filter saw the record: logging wrote it
+    assert seen[0] in path.read_text()
