@@ -69,6 +69,12 @@ def test_by_default_the_limit_never_falls_below_the_pool_cap(name: str) -> None:
     settings = AdmissionSettings.from_mapping({"POOLTENDER_ADMISSION_LIMIT": name}, pool_cap=6)
     assert (settings.minimum, settings.initial, settings.maximum) == (6, 6, 12)
     limit = build_limit(settings)
+    if isinstance(limit, VegasLimit):
+        # Vegas jitters when it re-probes its no-load latency (an unseeded Random): with one
+        # in about 40 draws it had not yet stepped down to the floor within the 300 windows
+        # (7, not 6). A fixed seed makes the run the same every time.
+        limit._rng = random.Random(7)
+        limit._probe_jitter = limit._rng.uniform(0.5, 1.0)
     grown = feed(limit, 0.010, 100)
     slow = feed(limit, 0.100, 300, dropped=name == "aimd")
     assert min(grown + slow) >= 6
