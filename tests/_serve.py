@@ -121,3 +121,20 @@ def coupons_serve(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@contextmanager
+def coupons_serve_refusing(tmp_path: Path, port: int) -> Iterator[Path]:
+    """``coupons serve`` on SQLite in ``tmp_path``, on ``port``: one gthread worker of 8
+    threads, admission fixed at 1 request with no queue, so concurrent clients are refused.
+    Yields the gunicorn log."""
+    env = serve_env(
+        f"sqlite:///{tmp_path / 'serve.db'}",
+        POOLTENDER_ADMISSION_LIMIT="fixed",
+        POOLTENDER_ADMISSION_INITIAL="1",
+        POOLTENDER_ADMISSION_QUEUE="0",
+    )
+    log = tmp_path / "gunicorn.log"
+    args = ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
+    with coupons_serve(port, args, env, log, timeout=60, stop_timeout=30):
+        yield log

@@ -24,7 +24,7 @@ from gunicorn.glogging import Logger  # noqa: E402
 
 from pooltender.accesslog import AccessLogger  # noqa: E402
 from pooltender.admission.middleware import REFUSED_KEY  # noqa: E402
-from tests._serve import coupons_serve, serve_env  # noqa: E402
+from tests._serve import coupons_serve_refusing  # noqa: E402
 from tests.pooltender._servers import free_port  # noqa: E402
 
 FORMATS = [
@@ -201,17 +201,9 @@ def test_concurrent_refusals_are_all_counted(tmp_path: Path) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``coupons serve``: one gthread worker of 8 threads, admission fixed at 1, no queue."""
+    """``coupons serve`` (pooltender's gthread worker): admission fixed at 1, no queue."""
     port = free_port()
-    env = serve_env(
-        f"sqlite:///{tmp_path / 'serve.db'}",
-        POOLTENDER_ADMISSION_LIMIT="fixed",
-        POOLTENDER_ADMISSION_INITIAL="1",
-        POOLTENDER_ADMISSION_QUEUE="0",
-    )
-    log = tmp_path / "gunicorn.log"
-    args = ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
-    with coupons_serve(port, args, env, log, timeout=60, stop_timeout=30):
+    with coupons_serve_refusing(tmp_path, port) as log:
         yield f"http://127.0.0.1:{port}", log
 
 

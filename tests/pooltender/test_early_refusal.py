@@ -19,7 +19,7 @@ import pytest
 
 from pooltender.admission import AdmissionLimiter, AdmissionMiddleware, FixedLimit, Overloaded
 from pooltender.admission.middleware import mark_screened
-from tests._serve import coupons_serve, serve_env
+from tests._serve import coupons_serve_refusing
 from tests.pooltender._servers import free_port
 
 pytest.importorskip("gunicorn")
@@ -200,15 +200,7 @@ def test_plain_request_accepts_only_one_complete_plain_request(
 def served(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """``coupons serve`` (pooltender's gthread worker): admission fixed at 1, no queue."""
     port = free_port()
-    env = serve_env(
-        f"sqlite:///{tmp_path / 'serve.db'}",
-        POOLTENDER_ADMISSION_LIMIT="fixed",
-        POOLTENDER_ADMISSION_INITIAL="1",
-        POOLTENDER_ADMISSION_QUEUE="0",
-    )
-    log = tmp_path / "gunicorn.log"
-    args = ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
-    with coupons_serve(port, args, env, log, timeout=60, stop_timeout=30):
+    with coupons_serve_refusing(tmp_path, port) as log:
         yield port, log
 
 
