@@ -297,3 +297,31 @@ def test_the_document_describes_the_error_shape_we_send(
             if key in body_schema["properties"]:
                 kind = body_schema["properties"][key]["type"]
                 assert isinstance(value, {"string": str, "object": dict}[kind]), (key, value)
+
+
+@pytest.mark.parametrize("kind", ["redeem", "validate"])
+def test_a_hot_route_parses_its_json_body_once(
+    client: FlaskClient, service: Headers, ready: int, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input guard's parse is the one the lean routes load (coupons.api.lean.json_body):
+    one ``json.loads`` per request; and a body that is not UTF-8 is webargs' 400, as on the
+    routes that parse through webargs."""
+    method, path, _role = route(kind, ready)
+    body = redemption() if kind == "redeem" else {"customer_id": "cust-1", "order_total": "80.00"}
+    real_loads = json.loads
+    calls: list[object] = []
+
+    def counting_loads(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real_loads(*args, **kwargs)
+
+    raw = json.dumps(body).encode()
+    monkeypatch.setattr(json, "loads", counting_loads)
+    response = send(client, method, path, raw, service)
+    monkeypatch.setattr(json, "loads", real_loads)
+    assert response.status_code in (200, 201), response.get_json()
+    # (PyJWT's header and claims parses are the token's, not the body's)
+    assert [c for c in calls if c in (raw, raw.decode())] == [raw.decode()]
+    utf16 = send(client, method, path, json.dumps(body).encode("utf-16"), service)
+    assert_refused(utf16, (400,))
+    assert utf16.get_json()["error"]["code"] == "bad_request", utf16.get_json()

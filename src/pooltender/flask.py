@@ -89,6 +89,7 @@ from pooltender.hooks import register_engine
 from pooltender.liveness import install_idle_ping
 from pooltender.proxy import install_session_state_guard, is_transaction_pooling
 from pooltender.queueing import MMcQueue
+from pooltender.reset import install_clean_reset
 from pooltender.settings import (
     DEFAULT_PREFIX,
     EXTENSION_SETTING_KEYS,
@@ -478,6 +479,8 @@ class Pooltender:
             install_session_state_guard(engine)
         if settings.pool_pre_ping and settings.ping_after_idle > 0:
             install_idle_ping(engine, settings.ping_after_idle)
+        if settings.reset_on_return == "if-needed":
+            install_clean_reset(engine)  # not over a reset_on_return the app chose itself
         return watch
 
     # ------------------------------------------------------------------ request path

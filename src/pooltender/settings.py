@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PREFIX = "POOLTENDER_"
 
+#: ``POOLTENDER_RESET_ON_RETURN``: ``if-needed`` (no ROLLBACK for a connection whose
+#: transaction already ended: :mod:`pooltender.reset`) or ``always`` (SQLAlchemy's default).
+ResetMode = Literal["if-needed", "always"]
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -123,6 +127,12 @@ class PoolSettings:
     that is legitimately long (a migration, a bulk load, a report) runs on an engine built
     from ``settings.with_values(read_timeout=0)`` or a larger bound: the per-caller override.
 
+    ``reset_on_return`` defaults to ``if-needed``: a connection whose transaction ended with
+    a COMMIT or ROLLBACK goes back to the pool without SQLAlchemy's extra ROLLBACK, a round
+    trip that does nothing (:mod:`pooltender.reset`; the Flask extension installs it).
+    ``always`` keeps SQLAlchemy's reset on every return, for an application that sends
+    statements on the driver's own connection after SQLAlchemy's last COMMIT.
+
     ``source_prefix`` is the prefix keys were read under; messages name keys with it.
     """
 
@@ -141,6 +151,7 @@ class PoolSettings:
     read_timeout: int = 10
     write_timeout: int = 10
     proxy: ProxyKind = "none"
+    reset_on_return: ResetMode = "if-needed"
     source_prefix: str = field(default=DEFAULT_PREFIX, compare=False, repr=False)
 
     def __post_init__(self) -> None:

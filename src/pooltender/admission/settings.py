@@ -10,10 +10,10 @@ key                                default      meaning
 ``POOLTENDER_ADMISSION_MIN``       pool cap     the limit never goes below this
 ``POOLTENDER_ADMISSION_MAX``       2 x cap      ... nor above this
 ``POOLTENDER_ADMISSION_QUEUE``     64           most requests waiting at once (0: no queue)
-``POOLTENDER_ADMISSION_BACKLOG``   the limit    most requests waiting while the queue is
+``POOLTENDER_ADMISSION_BACKLOG``   1            most requests waiting while the queue is
                                                 standing; a newcomer beyond it is refused at
                                                 once (0: none wait under a standing queue)
-``POOLTENDER_ADMISSION_TARGET``    0.005        seconds a request may wait under a standing queue
+``POOLTENDER_ADMISSION_TARGET``    0.02         seconds a request may wait under a standing queue
 ``POOLTENDER_ADMISSION_INTERVAL``  0.1          seconds the queue must stay non-empty to be standing
 ``POOLTENDER_ADMISSION_TIMEOUT``   0.05         seconds a request may wait when the queue drained
                                                 within the interval (and no refusal happened)

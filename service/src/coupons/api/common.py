@@ -129,6 +129,12 @@ def _refused_string(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
+#: environ key of the request's JSON body as :func:`_guard_input` parsed it (set only for a
+#: JSON request whose body decoded as UTF-8 and parsed): :func:`coupons.api.lean.json_body`
+#: loads it instead of parsing the body a second time.
+PARSED_JSON_KEY = "coupons.parsed_json"
+
+
 def _guard_input() -> Response | None:
     """Refuse hostile input before any handler parses it (see :func:`install_input_guard`)."""
     path = request.path
@@ -154,8 +160,8 @@ def _guard_input() -> Response | None:
             400, "bad_request", f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
         )
     try:
-        parsed = json.loads(body)
-    except ValueError:
+        parsed = json.loads(body.decode("utf-8"))  # as webargs decodes it (core.parse_json)
+    except ValueError:  # UnicodeDecodeError too
         return None  # webargs answers malformed JSON with its own 400
     refused = _refused_string(parsed, "")
     if refused is not None:
@@ -165,6 +171,7 @@ def _guard_input() -> Response | None:
             f"{refused[0]}: {refused[1]}",
             fields={refused[0]: [refused[1]]},
         )
+    request.environ[PARSED_JSON_KEY] = parsed  # the lean routes load this, not the body again
     return None
 
 

@@ -29,6 +29,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError
 from webargs.core import missing
 
+from coupons.api.common import PARSED_JSON_KEY
 from coupons.services.views import CouponView, RedemptionView, ValidationResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,10 +62,15 @@ def documented(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
 def json_body(schema: Schema) -> dict[str, Any]:
     """The request's JSON body loaded with ``schema``, as ``@blp.arguments(schema)`` would.
 
-    Invalid JSON is a 400, and a ValidationError a 422 whose messages sit under the
+    The body is the one :func:`coupons.api.common._guard_input` already parsed (the same
+    UTF-8 decode and ``json.loads`` webargs would run); without it (the guard not installed,
+    a body it could not parse) webargs' own ``load_json`` reads the body. Invalid JSON is a
+    400, and a ValidationError a 422 whose messages sit under the
     ``json`` location key: webargs' own handling, through the blueprint's parser.
     """
-    data = _PARSER.load_json(request, schema)
+    data = request.environ.get(PARSED_JSON_KEY, missing)  # parsed once, by the input guard
+    if data is missing:
+        data = _PARSER.load_json(request, schema)
     if data is missing:
         data = {}
     try:
