@@ -92,6 +92,7 @@ AFTER_ENV = {
     "POOLTENDER_POOL_PRE_PING": "true",
     "POOLTENDER_PING_AFTER_IDLE": "0",  # SQLAlchemy's pre_ping on every checkout
     "POOLTENDER_POOL_USE_LIFO": "false",  # SQLAlchemy's default, as the post-mortem ran
+    "POOLTENDER_RESET_ON_RETURN": "always",  # SQLAlchemy's reset: a ROLLBACK on every return
     "POOLTENDER_SHED": "false",
 }
 
