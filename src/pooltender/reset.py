@@ -15,22 +15,23 @@ its connection. On the coupons service (issue 10, ``bench/request_cpu.py``) that
   listener does it instead -- SQLAlchemy's documented recipe for a custom reset ("Custom
   Reset Schemes", the pooling chapter of its documentation). A failing ROLLBACK there
   invalidates the connection, as the pool's own would;
-* the engine's dialect reports each transaction's end: ``do_commit`` and ``do_rollback``,
-  when they *return* (a COMMIT that raised leaves the connection unclean), mark the pool
-  entry *clean*; ``do_begin`` marks it unclean again;
+* the engine's dialect reports each transaction's end: ``do_commit`` and ``do_rollback``
+  mark the pool entry *clean* when they return, and unclean when they raise;
 * on return, a clean entry is not rolled back; every other one is, exactly as before: a
-  connection checked out by ``engine.raw_connection()``, one whose transaction is still
-  open, or one whose COMMIT failed. The mark is consumed by the return, so each checkout
-  starts unclean.
+  connection checked out by ``engine.raw_connection()``, or one whose COMMIT or ROLLBACK
+  failed. The mark is consumed by the return, so each checkout starts unclean. A
+  transaction SQLAlchemy began after the last COMMIT and left open is rolled back by
+  ``Connection.close()`` itself (SQLAlchemy's own rule: the pool's reset is skipped then,
+  with or without this module); no hook on BEGIN is needed for it.
 
 **Hazard.** Statements sent on the *driver's* connection behind SQLAlchemy's back (the
 DBAPI cursor of ``connection.connection``) after SQLAlchemy's last COMMIT or ROLLBACK of a
 checkout are not seen, and their transaction would go back to the pool open. pooltender's
 linter has no rule for that, since it is rare; an application that does it sets
 ``POOLTENDER_RESET_ON_RETURN=always`` (SQLAlchemy's own behaviour). Two-phase and
-savepoint operations are not hooked: a transaction that uses them begins with ``do_begin``
-and ends with ``do_commit`` or ``do_rollback`` like any other (a two-phase transaction,
-which begins with ``do_begin_twophase``, stays unclean and is rolled back as before).
+savepoint operations are not hooked: a transaction with savepoints still ends with
+``do_commit`` or ``do_rollback``, and a two-phase one (``do_commit_twophase``) leaves the
+entry unclean, so it is rolled back on return as before.
 """
 
 from __future__ import annotations
@@ -53,13 +54,6 @@ CLEAN_KEY: Final = "pooltender.clean"
 _INSTALLED: Final = "pooltender.clean_reset"
 
 
-def _record_info(connection: Any) -> dict[str, Any] | None:
-    """The pool entry's ``info`` of the connection the dialect was handed (a pool proxy;
-    a bare driver connection, as during a first connect, has none)."""
-    record = getattr(connection, "_connection_record", None)
-    return None if record is None else record.info
-
-
 def clean_reset_installed(engine: Engine) -> bool:
     """Whether :func:`install_clean_reset` runs ``engine``'s resets."""
     return bool(engine.dialect.__dict__.get(_INSTALLED))
@@ -78,25 +72,33 @@ def install_clean_reset(engine: Engine) -> bool:
         return True
     if pool._reset_on_return is not reset_rollback:
         return False
-    begin, commit, rollback = dialect.do_begin, dialect.do_commit, dialect.do_rollback
+    commit, rollback = dialect.do_commit, dialect.do_rollback
 
-    def do_begin(dbapi_connection: Any) -> None:
-        info = _record_info(dbapi_connection)
-        if info is not None:
-            info[CLEAN_KEY] = False
-        begin(dbapi_connection)
-
+    # Each hook finds the pool entry of the pool proxy it is handed (a bare driver
+    # connection, as during a first connect, has none), inlined: one runs per transaction.
+    # A COMMIT or ROLLBACK that raises leaves the entry unclean, so the return rolls back
+    # (and invalidates the connection if that fails too, as SQLAlchemy's own reset does).
     def do_commit(dbapi_connection: Any) -> None:
-        commit(dbapi_connection)
-        info = _record_info(dbapi_connection)
-        if info is not None:
-            info[CLEAN_KEY] = True
+        record = getattr(dbapi_connection, "_connection_record", None)
+        try:
+            commit(dbapi_connection)
+        except BaseException:
+            if record is not None:
+                record.info[CLEAN_KEY] = False
+            raise
+        if record is not None:
+            record.info[CLEAN_KEY] = True
 
     def do_rollback(dbapi_connection: Any) -> None:
-        rollback(dbapi_connection)
-        info = _record_info(dbapi_connection)
-        if info is not None:
-            info[CLEAN_KEY] = True
+        record = getattr(dbapi_connection, "_connection_record", None)
+        try:
+            rollback(dbapi_connection)
+        except BaseException:
+            if record is not None:
+                record.info[CLEAN_KEY] = False
+            raise
+        if record is not None:
+            record.info[CLEAN_KEY] = True
 
     def on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
         if record is not None:
@@ -110,7 +112,6 @@ def install_clean_reset(engine: Engine) -> bool:
 
     # The dialect is this engine's own (create_engine builds one per engine): instance
     # attributes shadow its methods for this engine alone.
-    dialect.do_begin = do_begin  # type: ignore[method-assign]
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
     event.listen(engine, "reset", on_reset)

@@ -164,17 +164,18 @@ def test_each_checkout_starts_unclean(engine: Engine, url: str) -> None:
     assert visible_rows(url) == 1
 
 
-def test_a_new_transaction_after_a_commit_makes_the_connection_unclean(
+def test_a_transaction_begun_after_a_commit_and_left_open_is_rolled_back(
     engine: Engine, url: str
 ) -> None:
     with engine.connect() as conn:
         conn.execute(text("INSERT INTO reset_t VALUES (30)"))
         conn.commit()
-        conn.execute(text("INSERT INTO reset_t VALUES (31)"))  # autobegins: do_begin
-        assert conn.connection._connection_record.info[CLEAN_KEY] is False
-        # a raw statement inside that transaction: still rolled back with it on return
+        conn.execute(text("INSERT INTO reset_t VALUES (31)"))  # autobegins a new one
+        # a raw statement inside that transaction: rolled back with it by close()
         conn.connection.dbapi_connection.cursor().execute("INSERT INTO reset_t VALUES (32)")
     assert visible_rows(url) == 1
+    with engine.connect() as conn:  # and nothing of it is left on the connection
+        assert conn.execute(text("SELECT COUNT(*) FROM reset_t")).scalar_one() == 1
 
 
 def test_a_commit_that_fails_leaves_the_connection_unclean(postgres_url: str) -> None:
@@ -200,15 +201,20 @@ def test_a_commit_that_fails_leaves_the_connection_unclean(postgres_url: str) ->
 
     try:
         with engine.connect() as conn:
+            conn.execute(text("INSERT INTO reset_parent VALUES (1)"))
+            conn.commit()  # succeeds: the entry is clean
+            info = conn.connection._connection_record.info
+            assert info[CLEAN_KEY] is True
             conn.execute(text("INSERT INTO reset_child VALUES (1, 99)"))
             with pytest.raises(exc.IntegrityError):
                 conn.commit()  # the deferred foreign key fails at COMMIT
+            assert info[CLEAN_KEY] is False  # so the return rolls back, as SQLAlchemy's would
         import psycopg
 
         assert states == [psycopg.pq.TransactionStatus.IDLE]
         with engine.connect() as conn:
-            assert conn.connection._connection_record.info.get(CLEAN_KEY) is False
             assert conn.execute(text("SELECT COUNT(*) FROM reset_child")).scalar_one() == 0
+            assert conn.execute(text("SELECT COUNT(*) FROM reset_parent")).scalar_one() == 1
     finally:
         engine.dispose()
 
