@@ -27,6 +27,7 @@ from coupons.errors import Conflict, Unprocessable
 from coupons.models import LoginThrottle, RefreshToken, Role, User, utcnow
 from coupons.services import auth
 from coupons.services.auth import Principal, decode_access_token, issue_access_token
+from pooltender.settings import PoolSettings
 from tests.conftest import make_settings
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"  # as in conftest.py
@@ -51,7 +52,8 @@ def settings(database_url: str) -> Settings:
     are tested in tests/pooltender/)."""
     return make_settings(
         database_url,
-        pooltender_config={"POOLTENDER_ADMISSION": "false", "POOLTENDER_SHED_WAIT": "20"},
+        pool=PoolSettings(shed_wait=20.0),
+        pooltender_config={"POOLTENDER_ADMISSION": "false"},
     )
 
 

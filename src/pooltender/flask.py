@@ -166,6 +166,25 @@ def configured_keys(
     return merged
 
 
+def warn_overridden_pool_keys(config: Mapping[str, Any], settings: PoolSettings) -> None:
+    """Log a warning for each pool key in app.config that an explicit
+    ``settings=PoolSettings(...)`` overrides with another value (the documented precedence:
+    the argument wins), so that a key set in the config is never ignored without a word
+    (the environment is not checked: an app that passes ``settings=`` usually read them
+    from it). A value that does not parse is a :class:`SettingsError`, as everywhere."""
+    for name, value in PoolSettings.given_in(config).items():
+        current = getattr(settings, name)
+        if value != current:
+            log.warning(
+                "app.config %s=%r is overridden by settings=PoolSettings(%s=%r) passed to "
+                "Pooltender; set it in one place",
+                settings.key(name),
+                config[settings.key(name)],
+                name,
+                current,
+            )
+
+
 def adopt_engine_options(
     engine_options: Mapping[str, Any],
     settings: PoolSettings,
@@ -413,6 +432,8 @@ class Pooltender:
         # precedence: settings= / shape= arguments, then app.config, then the environment,
         # then the defaults; one strict parser (pooltender.settings) for every source
         config = configured_keys(app.config)
+        if self._settings is not None:
+            warn_overridden_pool_keys(app.config, self._settings)
         settings = self._settings or settings_from_config(config)
         settings = adopt_engine_options(
             app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {},

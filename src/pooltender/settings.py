@@ -164,6 +164,16 @@ class PoolSettings:
         """The setting names (dataclass fields), without prefix, in declaration order."""
         return tuple(f.name for f in fields(cls) if f.name != "source_prefix")
 
+    @classmethod
+    def given_in(cls, config: Mapping[str, Any], prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+        """The settings that ``config`` holds a key for (``prefix`` + NAME), parsed by the one
+        parser, by field name; a value that does not parse is a :class:`SettingsError`."""
+        return {
+            name: parse_value(kind, config[key], key)
+            for name, kind in _pool_kinds().items()
+            if (key := f"{prefix}{name.upper()}") in config
+        }
+
     def key(self, name: str) -> str:
         """The key a user sets for ``name``: ``pool_size`` -> ``POOLTENDER_POOL_SIZE``."""
         return f"{self.source_prefix}{name.upper()}"

@@ -131,6 +131,29 @@ def test_a_pool_option_conflicting_with_the_settings_argument_is_refused(apps: A
         apps(PoolSettings(pool_size=4), SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 10})
 
 
+def test_a_config_key_the_settings_argument_overrides_is_logged(
+    apps: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """app.config's POOLTENDER_SHED_WAIT next to settings=PoolSettings(...) was ignored
+    without a word (a test that meant a 20 s shed wait ran with 0.5 s): the argument still
+    wins (the documented precedence), and a warning names both."""
+    with caplog.at_level(logging.WARNING, logger="pooltender.flask"):
+        apps(PoolSettings(shed_wait=0.5), POOLTENDER_SHED_WAIT="20", POOLTENDER_POOL_SIZE=4)
+    warned = [r.getMessage() for r in caplog.records if "is overridden by" in r.getMessage()]
+    assert warned == [
+        "app.config POOLTENDER_SHED_WAIT='20' is overridden by "
+        "settings=PoolSettings(shed_wait=0.5) passed to Pooltender; set it in one place"
+    ]  # POOLTENDER_POOL_SIZE=4 is the settings' own value: nothing to say
+    with pytest.raises(SettingsError, match="POOLTENDER_POOL_SIZE='ten'"):
+        apps(PoolSettings(), POOLTENDER_POOL_SIZE="ten")  # checked by the one parser
+    # the environment is not checked: an app passing settings= read them from there
+    caplog.clear()
+    monkeypatch.setenv("POOLTENDER_SHED_WAIT", "20")
+    with caplog.at_level(logging.WARNING, logger="pooltender.flask"):
+        assert pool_size(*apps(PoolSettings(pool_size=3))) == 3
+    assert not [r for r in caplog.records if "is overridden by" in r.getMessage()]
+
+
 def test_an_adopted_value_is_validated_under_its_own_name(apps: Any) -> None:
     with pytest.raises(SettingsError, match=r"SQLALCHEMY_ENGINE_OPTIONS\['pool_size'\]=0"):
         apps(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 0})
