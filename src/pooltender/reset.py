@@ -3,11 +3,12 @@
 SQLAlchemy's pool resets every connection it gets back with a ``ROLLBACK``
 (``reset_on_return="rollback"``), except when :meth:`Connection.close` has just rolled back
 a transaction that was still open. After the usual end of a unit of work -- a ``COMMIT``,
-or a ``ROLLBACK`` that already ended it (``Session.rollback()`` and then the session's
-close) -- there is nothing left to roll back, but the pool sends one anyway: one more
-round trip per request, on the server and in the client, while the request still holds
-its connection. On the coupons service (issue 10, ``bench/request_cpu.py``) that was
-0.26 ms of a redeem's 3.46 ms wall time and 5-14% of its client CPU.
+or a ``Connection.rollback()`` followed by its ``close()`` -- there is nothing left to
+roll back, but the pool sends one anyway: one more round trip, on the server and in the
+client, while the request still holds its connection. On the coupons service (issue 10;
+docs/benchmarks.md, "Results", the experiments of run G's session) a redeem sent 7
+statements instead of 6, and the extra one cost about 0.26 ms of its 3.46 ms wall time in
+one A/B run on a noisy host.
 
 :func:`install_clean_reset` keeps the reset and skips only that ROLLBACK:
 
@@ -74,31 +75,25 @@ def install_clean_reset(engine: Engine) -> bool:
         return False
     commit, rollback = dialect.do_commit, dialect.do_rollback
 
-    # Each hook finds the pool entry of the pool proxy it is handed (a bare driver
-    # connection, as during a first connect, has none), inlined: one runs per transaction.
-    # A COMMIT or ROLLBACK that raises leaves the entry unclean, so the return rolls back
-    # (and invalidates the connection if that fails too, as SQLAlchemy's own reset does).
-    def do_commit(dbapi_connection: Any) -> None:
-        record = getattr(dbapi_connection, "_connection_record", None)
-        try:
-            commit(dbapi_connection)
-        except BaseException:
-            if record is not None:
-                record.info[CLEAN_KEY] = False
-            raise
-        if record is not None:
-            record.info[CLEAN_KEY] = True
+    def marking(end: Any) -> Any:
+        """``end`` (the dialect's do_commit or do_rollback) marking the pool entry of the
+        pool proxy it is handed (a bare driver connection, as during a first connect, has
+        none): clean when it returns, unclean when it raises, so a failed end is rolled
+        back on return (and invalidates the connection if that fails too, as SQLAlchemy's
+        own reset does). One runs per transaction."""
 
-    def do_rollback(dbapi_connection: Any) -> None:
-        record = getattr(dbapi_connection, "_connection_record", None)
-        try:
-            rollback(dbapi_connection)
-        except BaseException:
+        def hook(dbapi_connection: Any) -> None:
+            record = getattr(dbapi_connection, "_connection_record", None)
+            try:
+                end(dbapi_connection)
+            except BaseException:
+                if record is not None:
+                    record.info[CLEAN_KEY] = False
+                raise
             if record is not None:
-                record.info[CLEAN_KEY] = False
-            raise
-        if record is not None:
-            record.info[CLEAN_KEY] = True
+                record.info[CLEAN_KEY] = True
+
+        return hook
 
     def on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
         if record is not None:
@@ -112,8 +107,8 @@ def install_clean_reset(engine: Engine) -> bool:
 
     # The dialect is this engine's own (create_engine builds one per engine): instance
     # attributes shadow its methods for this engine alone.
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    dialect.do_commit = marking(commit)  # type: ignore[method-assign]
+    dialect.do_rollback = marking(rollback)  # type: ignore[method-assign]
     event.listen(engine, "reset", on_reset)
     pool._reset_on_return = reset_none
     dialect.__dict__[_INSTALLED] = True
